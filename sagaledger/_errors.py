@@ -1,0 +1,140 @@
+"""Every exception sagaledger raises, under one root.
+
+    SagaLedgerError
+    ├── DefinitionError          a saga or step definition is invalid (names both)
+    ├── RegistryError
+    │   ├── DuplicateSagaError   the same (name, version) registered twice
+    │   └── UnknownSagaError     no such saga or version (lists the known ones)
+    ├── InputValidationError     start input failed validation (names the fields)
+    ├── UnknownRunError          no run with this id
+    ├── StoreError               the saga log cannot be used
+    │   └── SchemaNotReadyError  the database schema is missing or out of date
+    └── StepError                raised by step actions to steer the orchestrator
+        ├── RetryableError       transient; retried with back-off (or after retry_after)
+        └── PermanentError       not worth retrying; compensation starts
+
+Exceptions cross Dramatiq and process boundaries, so each one pickles with its
+attributes intact.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+
+def _rebuild(cls: type[SagaLedgerError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
+class SagaLedgerError(Exception):
+    """Root of every sagaledger exception."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class DefinitionError(SagaLedgerError):
+    """A saga or step definition is invalid.
+
+    Args:
+        message: What is wrong.
+        saga: The saga at fault, when known.
+        step: The step at fault, when known.
+    """
+
+    def __init__(self, message: str, *, saga: str | None = None, step: str | None = None):
+        where = ""
+        if saga is not None:
+            where = f"saga {saga!r}"
+            if step is not None:
+                where += f" step {step!r}"
+            where += ": "
+        super().__init__(where + message)
+        self.saga = saga
+        self.step = step
+
+
+class RegistryError(SagaLedgerError):
+    """A registry lookup or registration failed."""
+
+
+class DuplicateSagaError(RegistryError):
+    """The same saga name and version was registered twice."""
+
+
+class UnknownSagaError(RegistryError):
+    """No saga with this name (or version) is registered."""
+
+
+class InputValidationError(SagaLedgerError):
+    """The input given to start a run does not validate against the saga's model.
+
+    Args:
+        saga: The saga being started.
+        errors: Pydantic's error list, one entry per failing field.
+    """
+
+    def __init__(self, saga: str, errors: list[dict[str, Any]]):
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or '<input>'}: {e.get('msg')}"
+            for e in errors
+        )
+        super().__init__(f"saga {saga!r}: invalid input: {fields}")
+        self.saga = saga
+        self.errors = errors
+
+
+class UnknownRunError(SagaLedgerError):
+    """No run with this id exists in the saga log."""
+
+    def __init__(self, run_id: str):
+        super().__init__(f"unknown run {run_id!r}")
+        self.run_id = run_id
+
+
+class StoreError(SagaLedgerError):
+    """The saga log cannot be used (bad URL, unreachable server, ...)."""
+
+
+class SchemaNotReadyError(StoreError):
+    """The store's schema is missing or older than this code expects."""
+
+
+class StepError(SagaLedgerError):
+    """Base for errors that step actions raise to tell the orchestrator what to do.
+
+    Args:
+        message: What happened.
+        non_retryable: True when retrying cannot help.
+        retry_after: For retryable errors, how long to wait before the next attempt
+            (overrides the step's back-off; a remote ``Retry-After`` goes here).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        non_retryable: bool = False,
+        retry_after: timedelta | None = None,
+    ):
+        super().__init__(message)
+        self.non_retryable = non_retryable
+        self.retry_after = retry_after
+
+
+class RetryableError(StepError):
+    """A transient failure: the step is retried with back-off."""
+
+    def __init__(self, message: str, *, retry_after: timedelta | None = None):
+        super().__init__(message, non_retryable=False, retry_after=retry_after)
+
+
+class PermanentError(StepError):
+    """A failure that retrying cannot fix (a declined card, invalid data)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, non_retryable=True)

@@ -1,0 +1,103 @@
+"""The generic Dramatiq actor that drives runs, and the worker's maintenance thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+
+from sagaledger.sagas._orchestrator import Orchestrator
+
+logger = logging.getLogger("sagaledger.worker")
+
+#: The one actor every worker runs; it looks steps up by name in the registry.
+DRIVE_ACTOR = "sagaledger.drive_run"
+#: Default queue for sagaledger's messages.
+QUEUE = "sagaledger"
+#: A drive may run several steps; each step's own timeout is enforced by its lease.
+_NO_TIME_LIMIT = 7 * 24 * 3600 * 1000
+
+
+def declare_actors(broker: dramatiq.Broker, orchestrator: Orchestrator, queue: str = QUEUE) -> Any:
+    """Declare the drive actor on ``broker`` and route the orchestrator's dispatches to it.
+
+    Dramatiq's own retries stay off: a failed drive is retried from the log by the
+    recovery pass, never from a message that only the broker remembers.
+    """
+
+    def drive_run(run_id: str) -> None:
+        orchestrator.drive(run_id)
+
+    actor = dramatiq.actor(
+        drive_run,
+        broker=broker,
+        actor_name=DRIVE_ACTOR,
+        queue_name=queue,
+        max_retries=0,
+        time_limit=_NO_TIME_LIMIT,
+    )
+
+    def send(run_id: str, delay: timedelta | None) -> None:
+        ms = int(delay.total_seconds() * 1000) if delay else None
+        actor.send_with_options(args=(run_id,), delay=ms if ms and ms > 0 else None)
+
+    orchestrator.set_dispatcher(send)
+    return actor
+
+
+class Maintenance:
+    """A worker's background thread: renews leases and runs the recovery pass.
+
+    Args:
+        orchestrator: Whose leases to renew and whose log to sweep.
+        recovery_interval: How often to look for due runs.
+    """
+
+    def __init__(self, orchestrator: Orchestrator, recovery_interval: timedelta = timedelta(seconds=2)):
+        self.orchestrator = orchestrator
+        self.renew_interval = orchestrator.lease.total_seconds() / 3
+        self.recovery_interval = recovery_interval.total_seconds()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sagaledger-maintenance", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread; recovery runs at once, so a restarted worker resumes promptly."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        next_recovery = 0.0
+        elapsed = 0.0
+        tick = min(self.renew_interval, self.recovery_interval)
+        while not self._stop.is_set():
+            try:
+                self.orchestrator.leases.renew()
+                if elapsed >= next_recovery:
+                    self.orchestrator.recover()
+                    next_recovery = elapsed + self.recovery_interval
+            except Exception:
+                # A database blip must not kill the thread; the next tick retries.
+                logger.exception("maintenance pass failed; retrying")
+            self._stop.wait(tick)
+            elapsed += tick
+
+
+class MaintenanceMiddleware(dramatiq.Middleware):  # type: ignore[misc]
+    """Runs :class:`Maintenance` for as long as a Dramatiq worker runs."""
+
+    def __init__(self, maintenance: Maintenance):
+        self.maintenance = maintenance
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.maintenance.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.maintenance.stop()

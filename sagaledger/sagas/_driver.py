@@ -1,0 +1,340 @@
+"""Driving one claimed run: steps forward, compensations backward, one commit each.
+
+A driver holds a run's lease (its fencing token) for one actor invocation and
+runs every step that is ready, checkpointing each outcome before it moves on.
+It stops when the run finishes, waits (a retry back-off), or a write is refused
+because another worker has taken the run over.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from sagaledger._errors import StepError
+from sagaledger.compensation._plan import completed_pivot, next_compensation
+from sagaledger.sagas._context import CompensationContext, StepContext, idempotency_key
+from sagaledger.sagas._definition import Saga, Step
+from sagaledger.sagas._hooks import ActionCall
+from sagaledger.sagas._policy import RetryPolicy, RetrySafetyKind
+from sagaledger.store import EventType, NewEvent, Phase, RunRecord, RunStatus
+
+if TYPE_CHECKING:
+    from sagaledger.sagas._orchestrator import Orchestrator
+
+logger = logging.getLogger("sagaledger.driver")
+
+_json = TypeAdapter(Any)
+
+
+def describe_error(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
+    """The JSON the log keeps about an exception."""
+    tb = "".join(traceback.format_exception(exc, limit=-5))
+    return {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc),
+        "retryable": retryable,
+        "traceback": tb[-4000:],
+    }
+
+
+def is_non_retryable(exc: BaseException, policy: RetryPolicy) -> bool:
+    """True when retrying ``exc`` cannot help (by flag or by the policy's types)."""
+    if isinstance(exc, StepError) or hasattr(exc, "non_retryable"):
+        if getattr(exc, "non_retryable", False):
+            return True
+    return isinstance(exc, policy.non_retryable)
+
+
+def to_json(value: Any) -> Any:
+    """Turn a step's output into plain JSON (pydantic models and dates included)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return _json.dump_python(value, mode="json")
+
+
+class RunDriver:
+    """Runs the ready work of one run under one lease.
+
+    Args:
+        orchestrator: Supplies the log, clock, hooks and dispatcher.
+        saga: The definition the run started on.
+        run: The run as read before claiming it.
+    """
+
+    def __init__(self, orchestrator: Orchestrator, saga: Saga, run: RunRecord):
+        self.o = orchestrator
+        self.saga = saga
+        self.run_id = run.id
+        self.token = run.lease_token
+        self.status = run.status
+        self.index = run.step_index
+        self.attempt = run.attempt
+        self.input = saga.input.model_validate(run.input)
+        self.outputs: dict[str, Any] = {}  # completed forward steps, in log order
+        self.compensated: set[str] = set()
+        self.reason = ""
+        self._claimed_from = run
+
+    # -- claiming -------------------------------------------------------------
+
+    def claim(self) -> bool:
+        """Take the run's lease with a new fencing token. False if another worker won."""
+        run, now = self._claimed_from, self.o.clock()
+        step, phase = self.saga.steps[self.index], self.phase
+        first: list[NewEvent] = []
+        if run.lease_owner is not None:
+            # The previous holder's lease expired mid-attempt: that attempt counts.
+            first.append(
+                NewEvent(
+                    EventType.ATTEMPT_ABANDONED,
+                    self.o.actor,
+                    step.name,
+                    phase,
+                    run.attempt,
+                    {"worker": run.lease_owner, "lease_expired_at": _iso(run.wake_at)},
+                )
+            )
+            self.attempt = run.attempt + 1
+        if self.attempt <= self._policy(step).max_attempts:
+            first.append(self._attempt_started(step))
+        new_token = run.lease_token + 1
+        claimed = self.o.log.append(
+            self.run_id,
+            run.lease_token,
+            first,
+            now,
+            new_token=new_token,
+            lease_owner=self.o.worker_id,
+            wake_at=now + self.o.lease,
+            attempt=self.attempt,
+            blocked_reason=None,
+        )
+        if not claimed:
+            return False
+        self.token = new_token
+        self.o.leases.hold(self.run_id, self.token, now, step.timeout)
+        self._load_history()
+        return True
+
+    def _load_history(self) -> None:
+        wanted = (EventType.STEP_COMPLETED, EventType.COMPENSATION_STARTED, EventType.COMPENSATION_COMPLETED)
+        for e in self.o.log.events(self.run_id, types=wanted):
+            if e.type is EventType.STEP_COMPLETED and e.step is not None:
+                self.outputs[e.step] = e.payload["output"]
+            elif e.type is EventType.COMPENSATION_COMPLETED and e.step is not None:
+                self.compensated.add(e.step)
+            else:
+                self.reason = e.payload["reason"]
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run ready steps until the run finishes, waits, or the lease is lost."""
+        try:
+            while self.status.active:
+                moved_on = self._forward() if self.status is RunStatus.RUNNING else self._backward()
+                if not moved_on:
+                    return
+        finally:
+            self.o.leases.release(self.run_id, self.token)
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.FORWARD if self.status is RunStatus.RUNNING else Phase.COMPENSATE
+
+    def _policy(self, step: Step) -> RetryPolicy:
+        return step.retry if self.phase is Phase.FORWARD else step.compensation_retry
+
+    def _call(self, step: Step) -> ActionCall:
+        return ActionCall(
+            self.run_id,
+            self.saga.name,
+            self.saga.version,
+            step.name,
+            self.phase,
+            self.attempt,
+            idempotency_key(self.run_id, step.name, self.phase.value),
+        )
+
+    def _forward(self) -> bool:
+        step = self.saga.steps[self.index]
+        if self.attempt > step.retry.max_attempts:
+            return self._failed(step, _lost_attempt(self.attempt - 1), None)
+        call = self._call(step)
+        ctx = StepContext(
+            run_id=self.run_id,
+            saga=self.saga.name,
+            version=self.saga.version,
+            step=step.name,
+            attempt=self.attempt,
+            idempotency_key=call.idempotency_key,
+            input=self.input,
+            outputs=dict(self.outputs),
+        )
+        started = time.perf_counter()
+        via_probe = False
+        try:
+            self.o.hooks.before_action(call)
+            output = None
+            safety = step.retry_safety
+            if self.attempt > 1 and safety is not None and safety.kind is RetrySafetyKind.PROBE:
+                assert safety.probe_fn is not None
+                output = safety.probe_fn(ctx)
+                via_probe = output is not None
+            if not via_probe:
+                output = step.action(ctx)
+            output = to_json(output)
+        except Exception as exc:
+            self.o.hooks.action_failed(call, exc)
+            return self._failed(step, exc, call)
+        self.o.hooks.after_action(call, output)
+        payload = {"output": output, "duration_ms": _ms_since(started), "via_probe": via_probe}
+        done = NewEvent(EventType.STEP_COMPLETED, self.o.actor, step.name, Phase.FORWARD, self.attempt, payload)
+        self.outputs[step.name] = output
+        if self.index + 1 == len(self.saga.steps):
+            finish = NewEvent(EventType.RUN_COMPLETED, self.o.actor)
+            return self._finish([done, finish], RunStatus.COMPLETED)
+        return self._advance([done], RunStatus.RUNNING, self.index + 1)
+
+    def _backward(self) -> bool:
+        step = self.saga.steps[self.index]
+        if self.attempt > step.compensation_retry.max_attempts:
+            return self._failed(step, _lost_attempt(self.attempt - 1), None)
+        call = self._call(step)
+        ctx = CompensationContext(
+            run_id=self.run_id,
+            saga=self.saga.name,
+            version=self.saga.version,
+            step=step.name,
+            attempt=self.attempt,
+            idempotency_key=call.idempotency_key,
+            input=self.input,
+            output=self.outputs.get(step.name),
+            reason=self.reason,
+        )
+        started = time.perf_counter()
+        try:
+            self.o.hooks.before_action(call)
+            assert step.compensate is not None
+            result = to_json(step.compensate(ctx))
+        except Exception as exc:
+            self.o.hooks.action_failed(call, exc)
+            return self._failed(step, exc, call)
+        self.o.hooks.after_action(call, result)
+        payload = {"result": result, "duration_ms": _ms_since(started)}
+        done = NewEvent(
+            EventType.COMPENSATION_COMPLETED, self.o.actor, step.name, Phase.COMPENSATE, self.attempt, payload
+        )
+        self.compensated.add(step.name)
+        return self._unwind([done])
+
+    # -- outcomes -------------------------------------------------------------
+
+    def _failed(self, step: Step, exc: BaseException, call: ActionCall | None) -> bool:
+        policy = self._policy(step)
+        permanent = is_non_retryable(exc, policy)
+        error = describe_error(exc, retryable=not permanent)
+        phase = self.phase  # captured: turning to compensation changes self.phase
+        failed_type = EventType.STEP_FAILED if phase is Phase.FORWARD else EventType.COMPENSATION_FAILED
+
+        def failure(outcome: str, **extra: Any) -> NewEvent:
+            payload = {"outcome": outcome, **extra}
+            return NewEvent(failed_type, self.o.actor, step.name, phase, self.attempt, payload, error)
+
+        exhausted = self.attempt >= policy.max_attempts
+        if not permanent and not exhausted:
+            retry_after = getattr(exc, "retry_after", None)
+            delay = retry_after if isinstance(retry_after, timedelta) else policy.backoff(self.attempt, self.o.rng)
+            retry_at = self.o.clock() + delay
+            written = self._commit(
+                [failure("retry", retry_at=_iso(retry_at))],
+                attempt=self.attempt + 1,
+                lease_owner=None,
+                wake_at=retry_at,
+                last_error=error,
+            )
+            if written:
+                self.o.dispatch(self.run_id, delay)
+            return False
+        why = "failed permanently" if permanent else f"failed after {self.attempt} attempts"
+        summary = f"step {step.name!r} {why}: {error['message']}"
+        if phase is Phase.COMPENSATE:
+            return self._park([failure("park")], f"compensation of {summary}", error)
+        pivot = completed_pivot(self.saga, list(self.outputs))
+        if pivot is not None:
+            reason = f"{summary}; pivot {pivot.name!r} has completed, so the run cannot be compensated"
+            return self._park([failure("park")], reason, error)
+        self.reason = summary
+        turned = NewEvent(EventType.COMPENSATION_STARTED, self.o.actor, payload={"reason": summary})
+        self.status = RunStatus.COMPENSATING
+        return self._unwind([failure("compensate"), turned], last_error=error)
+
+    def _unwind(self, events: list[NewEvent], **changes: Any) -> bool:
+        """Go on with the next compensation the log calls for, or finish the run."""
+        nxt = next_compensation(self.saga, list(self.outputs), self.compensated)
+        if nxt is None:
+            done = NewEvent(EventType.RUN_COMPENSATED, self.o.actor, payload={"reason": self.reason})
+            return self._finish([*events, done], RunStatus.COMPENSATED, **changes)
+        index = self.saga.position(nxt.name)
+        return self._advance(events, RunStatus.COMPENSATING, index, **changes)
+
+    def _advance(self, events: list[NewEvent], status: RunStatus, index: int, **changes: Any) -> bool:
+        self.status, self.index, self.attempt = status, index, 1
+        step = self.saga.steps[index]
+        events.append(self._attempt_started(step))
+        written = self._commit(
+            events, status=status.value, step_index=index, attempt=1, wake_at=self.o.clock() + self.o.lease, **changes
+        )
+        if written:
+            self.o.leases.hold(self.run_id, self.token, self.o.clock(), step.timeout)
+        return written
+
+    def _finish(self, events: list[NewEvent], status: RunStatus, **changes: Any) -> bool:
+        self.status = status
+        self._commit(events, status=status.value, lease_owner=None, wake_at=None, **changes)
+        return False
+
+    def _park(self, events: list[NewEvent], reason: str, error: dict[str, Any]) -> bool:
+        events.append(NewEvent(EventType.RUN_PARKED, self.o.actor, payload={"reason": reason}))
+        logger.error("run %s parked: %s", self.run_id, reason)
+        return self._finish(events, RunStatus.PARKED, blocked_reason=reason, last_error=error)
+
+    def _attempt_started(self, step: Step) -> NewEvent:
+        return NewEvent(EventType.ATTEMPT_STARTED, self.o.actor, step.name, self.phase, self.attempt)
+
+    def _commit(self, events: Sequence[NewEvent], **changes: Any) -> bool:
+        written = self.o.log.append(self.run_id, self.token, events, self.o.clock(), **changes)
+        if not written:
+            logger.warning(
+                "run %s: write by stale lease token %d refused (%s); another attempt took over",
+                self.run_id,
+                self.token,
+                ", ".join(e.type.value for e in events),
+            )
+            self.o.hooks.write_refused(self.run_id, self.token, events)
+            return False
+        self.o.hooks.after_checkpoint(self.run_id, events)
+        return True
+
+
+class LostAttemptError(Exception):
+    """The worker running an attempt stopped before recording its outcome."""
+
+
+def _lost_attempt(attempt: int) -> LostAttemptError:
+    return LostAttemptError(f"attempt {attempt} was lost: its worker stopped before checkpointing")
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None

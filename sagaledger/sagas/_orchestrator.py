@@ -1,0 +1,242 @@
+"""The orchestrator: starts runs, drives them from the log, re-drives what is due."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from sagaledger._errors import InputValidationError, UnknownRunError
+from sagaledger.sagas._definition import Saga
+from sagaledger.sagas._driver import RunDriver
+from sagaledger.sagas._hooks import ActionCall, Hooks
+from sagaledger.sagas._leases import LeaseKeeper
+from sagaledger.sagas._registry import Registry
+from sagaledger.store import EventType, NewEvent, RunRecord, RunStatus, SagaLog, utc_now
+
+logger = logging.getLogger("sagaledger.orchestrator")
+
+#: Sends "drive this run" to some worker, now or after a delay.
+Dispatcher = Callable[[str, "timedelta | None"], None]
+
+
+def default_worker_id() -> str:
+    """host:pid, so the log says which process held a lease."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _HookChain(Hooks):
+    """Calls each hook in the order given."""
+
+    def __init__(self, hooks: Iterable[Hooks]):
+        self.hooks = list(hooks)
+
+    def before_action(self, call: ActionCall) -> None:
+        for hook in self.hooks:
+            hook.before_action(call)
+
+    def after_action(self, call: ActionCall, output: Any) -> None:
+        for hook in self.hooks:
+            hook.after_action(call, output)
+
+    def action_failed(self, call: ActionCall, error: BaseException) -> None:
+        for hook in self.hooks:
+            hook.action_failed(call, error)
+
+    def after_checkpoint(self, run_id: str, events: Sequence[NewEvent]) -> None:
+        for hook in self.hooks:
+            hook.after_checkpoint(run_id, events)
+
+    def write_refused(self, run_id: str, token: int, events: Sequence[NewEvent]) -> None:
+        for hook in self.hooks:
+            hook.write_refused(run_id, token, events)
+
+
+class Orchestrator:
+    """Starts and drives saga runs; the saga log holds all of their state.
+
+    Args:
+        log: The saga log.
+        registry: The sagas this process can run.
+        clock: Returns the current UTC time (inject one in tests).
+        hooks: Called at each point of execution (metrics, tracing, crash tests).
+        worker_id: Names this process in leases and events.
+        lease: How long a lease lasts without renewal; a crashed worker's runs
+            are re-driven this long after its last renewal.
+        dispatch_grace: How long a run dispatched by message may wait for it
+            before the recovery pass sends another.
+        version_recheck: How often a run whose saga version is missing here is
+            looked at again.
+        rng: Randomness for back-off jitter.
+    """
+
+    def __init__(
+        self,
+        log: SagaLog,
+        registry: Registry,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        hooks: Iterable[Hooks] = (),
+        worker_id: str | None = None,
+        lease: timedelta = timedelta(seconds=30),
+        dispatch_grace: timedelta = timedelta(seconds=10),
+        version_recheck: timedelta = timedelta(seconds=30),
+        rng: random.Random | None = None,
+    ):
+        self.log = log
+        self.registry = registry
+        self.clock = clock
+        self.hooks: Hooks = _HookChain(hooks)
+        self.worker_id = worker_id or default_worker_id()
+        self.lease = lease
+        self.dispatch_grace = dispatch_grace
+        self.version_recheck = version_recheck
+        self.rng = rng or random.Random()
+        self.leases = LeaseKeeper(log, lease, clock)
+        self._dispatcher: Dispatcher | None = None
+
+    @property
+    def actor(self) -> str:
+        """Who events written by this process name as their cause."""
+        return f"worker:{self.worker_id}"
+
+    def set_dispatcher(self, dispatcher: Dispatcher | None) -> None:
+        """Route "drive this run" messages (the runtime sets a Dramatiq sender here)."""
+        self._dispatcher = dispatcher
+
+    def dispatch(self, run_id: str, delay: timedelta | None = None) -> None:
+        """Ask a worker to drive ``run_id``; without a dispatcher, recovery will."""
+        if self._dispatcher is not None:
+            try:
+                self._dispatcher(run_id, delay)
+            except Exception:
+                # The log still has the run; the recovery pass re-drives it.
+                logger.exception("could not dispatch run %s; recovery will pick it up", run_id)
+
+    # -- starting -------------------------------------------------------------
+
+    def start(
+        self,
+        saga: Saga | str,
+        input: BaseModel | dict[str, Any],
+        *,
+        key: str | None = None,
+        version: int | None = None,
+        actor: str = "api",
+    ) -> RunRecord:
+        """Start a run, or return the run already started with this business key.
+
+        Args:
+            saga: A registered saga, or its name.
+            input: The run's input: the saga's model or a dict to validate into it.
+            key: Business key (an order number, say); starting twice with the same
+                key returns the same run. Defaults to a fresh unique key.
+            version: The version to start (the newest registered by default).
+            actor: Who is starting the run, for the log.
+
+        Raises:
+            UnknownSagaError: the saga (or version) is not registered here.
+            InputValidationError: the input does not validate; nothing is written.
+        """
+        name = saga.name if isinstance(saga, Saga) else saga
+        if isinstance(saga, Saga) and version is None:
+            version = saga.version
+        definition = self.registry.get(name, version)
+        try:
+            raw = input.model_dump(mode="json") if isinstance(input, BaseModel) else input
+            validated = definition.input.model_validate(raw)
+        except ValidationError as exc:
+            raise InputValidationError(definition.name, exc.errors(include_url=False)) from None
+        run_id = uuid.uuid4().hex
+        now = self.clock()
+        data = validated.model_dump(mode="json")
+        first_step = definition.steps[0]
+        row = {
+            "id": run_id,
+            "saga_name": definition.name,
+            "saga_version": definition.version,
+            "fingerprint": definition.fingerprint,
+            "business_key": key if key is not None else run_id,
+            "status": RunStatus.RUNNING.value,
+            "step_index": 0,
+            "attempt": 1,
+            "input": data,
+            "lease_owner": None,
+            "lease_token": 0,
+            "wake_at": now,
+            "blocked_reason": None,
+            "last_error": None,
+        }
+        started = NewEvent(
+            EventType.RUN_STARTED,
+            actor,
+            payload={
+                "input": data,
+                "business_key": row["business_key"],
+                "version": definition.version,
+                "fingerprint": definition.fingerprint,
+                "first_step": first_step.name,
+            },
+        )
+        run, created = self.log.create_run(row, [started], now)
+        if created:
+            self.dispatch(run.id)
+        return run
+
+    # -- driving --------------------------------------------------------------
+
+    def drive(self, run_id: str) -> None:
+        """Claim ``run_id`` if it is due and run its ready work (the actors' body).
+
+        A message for a run that is not due (a duplicate, or one that arrived
+        while another worker holds the lease) is dropped: the log decides.
+        """
+        try:
+            run = self.log.get_run(run_id)
+        except UnknownRunError:
+            logger.warning("asked to drive unknown run %s; ignored", run_id)
+            return
+        now = self.clock()
+        if not run.status.active or run.wake_at is None or run.wake_at > now:
+            return
+        saga = self.registry.find(run.saga_name, run.saga_version)
+        if saga is None or saga.fingerprint != run.fingerprint:
+            self._wait_for_version(run, saga, now)
+            return
+        driver = RunDriver(self, saga, run)
+        if driver.claim():
+            driver.run()
+
+    def _wait_for_version(self, run: RunRecord, here: Saga | None, now: datetime) -> None:
+        wanted = f"saga {run.saga_name!r} version {run.saga_version} (fingerprint {run.fingerprint})"
+        if here is None:
+            reason = f"{wanted} is not registered on {self.worker_id}; it has: {self.registry.describe() or 'none'}"
+        else:
+            reason = f"{wanted} differs here (fingerprint {here.fingerprint}) on {self.worker_id}"
+        events = []
+        if run.blocked_reason != reason:
+            logger.warning("run %s waits: %s", run.id, reason)
+            events.append(NewEvent(EventType.VERSION_UNAVAILABLE, self.actor, payload={"reason": reason}))
+        self.log.append(
+            run.id, run.lease_token, events, now, wake_at=now + self.version_recheck, blocked_reason=reason
+        )
+
+    # -- recovery -------------------------------------------------------------
+
+    def recover(self, limit: int = 500) -> int:
+        """Dispatch every run the log says is due; return how many.
+
+        This is the one mechanism that re-drives work the broker lost: expired
+        leases, ended back-offs and runs whose message never arrived.
+        """
+        due = self.log.due_runs(self.clock(), self.dispatch_grace, limit)
+        for run_id in due:
+            self.dispatch(run_id)
+        return len(due)

@@ -1,0 +1,67 @@
+"""Building a SQLAlchemy engine tuned for the saga log on SQLite or Postgres."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from sagaledger._errors import StoreError
+
+#: How long a SQLite writer waits for the lock before giving up (ms).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalise_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and use the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def create_store_engine(url: str, **options: Any) -> Engine:
+    """Create an engine for ``url`` with the settings the saga log relies on.
+
+    SQLite: WAL, ``synchronous=FULL`` (a commit survives power loss), a busy
+    timeout, and ``BEGIN IMMEDIATE`` so that writers queue on the lock instead of
+    failing when two of them upgrade a read lock at once.
+
+    Raises:
+        StoreError: the URL is malformed or names an unsupported database.
+    """
+    url = normalise_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"malformed store URL {url!r}: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(
+            parsed, connect_args={"check_same_thread": False, "timeout": 30}, **options
+        )
+        _tune_sqlite(engine)
+        return engine
+    if backend == "postgresql":
+        return create_engine(parsed, pool_size=10, max_overflow=20, **options)
+    raise StoreError(f"unsupported store URL {url!r}: use sqlite:///FILE or postgresql://...")
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below decide how transactions start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,109 @@
+"""The shapes the saga log stores: run states, event types and records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class RunStatus(str, Enum):
+    """Where a run stands. Only ``running`` and ``compensating`` runs are driven."""
+
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    PARKED = "parked"
+
+    @property
+    def active(self) -> bool:
+        """True while the orchestrator still has work to do on the run."""
+        return self in (RunStatus.RUNNING, RunStatus.COMPENSATING)
+
+
+#: Statuses the recovery pass and workers drive.
+ACTIVE_STATUSES = (RunStatus.RUNNING.value, RunStatus.COMPENSATING.value)
+
+
+class Phase(str, Enum):
+    """Which way a step is being run."""
+
+    FORWARD = "forward"
+    COMPENSATE = "compensate"
+
+
+class EventType(str, Enum):
+    """Every kind of event the log holds."""
+
+    RUN_STARTED = "run_started"
+    ATTEMPT_STARTED = "attempt_started"
+    ATTEMPT_ABANDONED = "attempt_abandoned"  # the lease of an attempt expired (worker lost)
+    STEP_COMPLETED = "step_completed"
+    STEP_FAILED = "step_failed"  # payload says what follows: retry, compensate or park
+    COMPENSATION_STARTED = "compensation_started"  # the run turned to unwinding
+    COMPENSATION_COMPLETED = "compensation_completed"
+    COMPENSATION_FAILED = "compensation_failed"
+    RUN_COMPLETED = "run_completed"
+    RUN_COMPENSATED = "run_compensated"
+    RUN_PARKED = "run_parked"
+    VERSION_UNAVAILABLE = "version_unavailable"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the log holds it (a projection kept in step with its events)."""
+
+    id: str
+    saga_name: str
+    saga_version: int
+    fingerprint: str
+    business_key: str
+    status: RunStatus
+    step_index: int
+    attempt: int
+    input: dict[str, Any]
+    lease_owner: str | None
+    lease_token: int
+    wake_at: datetime | None
+    last_seq: int
+    blocked_reason: str | None
+    last_error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append; the log assigns its sequence number."""
+
+    type: EventType
+    actor: str
+    step: str | None = None
+    phase: Phase | None = None
+    attempt: int | None = None
+    payload: Any = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One appended event. Events are never updated or deleted."""
+
+    run_id: str
+    seq: int
+    type: EventType
+    step: str | None
+    phase: Phase | None
+    attempt: int | None
+    payload: Any
+    error: dict[str, Any] | None
+    actor: str
+    token: int | None
+    created_at: datetime

@@ -1,0 +1,100 @@
+"""SQLAlchemy tables of the saga log. Changes go through an Alembic migration too."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite has no time zones, so values are stored as naive UTC there and made
+    aware again when read; naive datetimes are refused on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: sagaledger stores UTC-aware times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Payload: Any = JSON().with_variant(JSONB(), "postgresql")
+#: Event ids grow for ever; SQLite only auto-increments a plain INTEGER key.
+EventId: Any = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+runs = Table(
+    "sagaledger_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("saga_name", String(100), nullable=False),
+    Column("saga_version", Integer, nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("business_key", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("input", Payload, nullable=False),
+    Column("lease_owner", String(200)),
+    Column("lease_token", Integer, nullable=False),
+    # One wake-up column covers expired leases, retry back-off and version waits.
+    Column("wake_at", UTCDateTime),
+    Column("last_seq", Integer, nullable=False),
+    Column("blocked_reason", Text),
+    Column("last_error", Payload),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("saga_name", "business_key", name="uq_sagaledger_runs_business_key"),
+    Index("ix_sagaledger_runs_wake_at", "wake_at"),
+    Index("ix_sagaledger_runs_status_saga", "status", "saga_name"),
+    Index("ix_sagaledger_runs_created_at", "created_at"),
+)
+
+events = Table(
+    "sagaledger_events",
+    metadata,
+    Column("id", EventId, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), ForeignKey("sagaledger_runs.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("type", String(40), nullable=False),
+    Column("step", String(100)),
+    Column("phase", String(12)),
+    Column("attempt", Integer),
+    Column("payload", Payload),
+    Column("error", Payload),
+    Column("actor", String(200), nullable=False),
+    Column("token", Integer),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("run_id", "seq", name="uq_sagaledger_events_run_seq"),
+)
