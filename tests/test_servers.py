@@ -10,16 +10,26 @@ import pytest
 import redis
 
 try:  # rootdir on sys.path (python -m pytest, pythonpath=["."], or tests/__init__.py)
-    from tests.servers import (PostgresServer, RedisServer, _pid_alive, find_postgres_bindir,
-                               redis_available)
+    from tests.servers import (
+        PostgresServer,
+        RedisServer,
+        _pid_alive,
+        find_postgres_bindir,
+        redis_available,
+    )
 except ModuleNotFoundError:  # plain `pytest` with no tests/__init__.py puts tests/ on sys.path
-    from servers import (PostgresServer, RedisServer, _pid_alive,  # type: ignore[no-redef]
-                         find_postgres_bindir, redis_available)
+    from servers import (  # type: ignore[no-redef,import-not-found,unused-ignore]
+        PostgresServer,
+        RedisServer,
+        _pid_alive,
+        find_postgres_bindir,
+        redis_available,
+    )
 
 HINT = "run `bash scripts/ensure-servers` (as root) to install redis-server and postgresql"
 
 
-def _query(url: str, q: str) -> list[tuple]:
+def _query(url: str, q: str) -> list[tuple[object, ...]]:
     # The SQLAlchemy URL minus the driver suffix is a valid libpq URL.
     with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
         cur = conn.execute(q)
