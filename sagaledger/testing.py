@@ -206,4 +206,4 @@ class SagaHarness:
         self.log.close()
 
 
-__all__ = ["CrashAt", "ManualClock", "NewEvent", "SagaHarness", "SimulatedCrash"]
+__all__ = ["CrashAt", "ManualClock", "SagaHarness", "SimulatedCrash"]

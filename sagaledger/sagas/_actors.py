@@ -21,7 +21,9 @@ QUEUE = "sagaledger"
 _NO_TIME_LIMIT = 7 * 24 * 3600 * 1000
 
 
-def declare_actors(broker: dramatiq.Broker, orchestrator: Orchestrator, queue: str = QUEUE) -> Any:
+def declare_actors(
+    broker: dramatiq.Broker, orchestrator: Orchestrator, queue: str = QUEUE
+) -> dramatiq.Actor[[str], None]:
     """Declare the drive actor on ``broker`` and route the orchestrator's dispatches to it.
 
     Dramatiq's own retries stay off: a failed drive is retried from the log by the
@@ -32,13 +34,12 @@ def declare_actors(broker: dramatiq.Broker, orchestrator: Orchestrator, queue: s
         orchestrator.drive(run_id)
 
     actor = dramatiq.actor(
-        drive_run,
         broker=broker,
         actor_name=DRIVE_ACTOR,
         queue_name=queue,
         max_retries=0,
         time_limit=_NO_TIME_LIMIT,
-    )
+    )(drive_run)
 
     def send(run_id: str, delay: timedelta | None) -> None:
         ms = int(delay.total_seconds() * 1000) if delay else None
@@ -90,7 +91,7 @@ class Maintenance:
             elapsed += tick
 
 
-class MaintenanceMiddleware(dramatiq.Middleware):  # type: ignore[misc]
+class MaintenanceMiddleware(dramatiq.Middleware):
     """Runs :class:`Maintenance` for as long as a Dramatiq worker runs."""
 
     def __init__(self, maintenance: Maintenance):

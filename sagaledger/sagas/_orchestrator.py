@@ -153,7 +153,9 @@ class Orchestrator:
             raw = input.model_dump(mode="json") if isinstance(input, BaseModel) else input
             validated = definition.input.model_validate(raw)
         except ValidationError as exc:
-            raise InputValidationError(definition.name, exc.errors(include_url=False)) from None
+            raise InputValidationError(
+                definition.name, [dict(e) for e in exc.errors(include_url=False)]
+            ) from None
         run_id = uuid.uuid4().hex
         now = self.clock()
         data = validated.model_dump(mode="json")

@@ -1,0 +1,103 @@
+"""The saga log on SQLite and PostgreSQL: fencing, append-only events, UTC, migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from sagaledger import SchemaNotReadyError, StoreError
+from sagaledger.store import EventType, NewEvent, SagaLog, create_store_engine
+from sagaledger.store._migrate import VERSION_TABLE
+from sagaledger.store._schema import metadata
+
+NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
+
+
+def new_run(log: SagaLog, run_id: str = "r1", key: str = "k1") -> None:
+    row = {
+        "id": run_id, "saga_name": "s", "saga_version": 1, "fingerprint": "f", "business_key": key,
+        "status": "running", "step_index": 0, "attempt": 1, "input": {"a": 1}, "lease_owner": None,
+        "lease_token": 0, "wake_at": NOW, "blocked_reason": None, "last_error": None,
+    }
+    log.create_run(row, [NewEvent(EventType.RUN_STARTED, "test", payload={"a": 1})], NOW)
+
+
+def test_writes_are_fenced_by_the_lease_token(saga_log: SagaLog) -> None:
+    new_run(saga_log)
+    claim = NewEvent(EventType.ATTEMPT_STARTED, "A")
+    assert saga_log.append("r1", 0, [claim], NOW, new_token=1, lease_owner="A")
+    # A second claimant still holding token 0 is refused and writes nothing
+    assert not saga_log.append("r1", 0, [claim], NOW, new_token=1, lease_owner="B")
+    assert not saga_log.append("r1", 0, [NewEvent(EventType.STEP_COMPLETED, "B")], NOW)
+    run = saga_log.get_run("r1")
+    assert (run.lease_owner, run.lease_token, run.last_seq) == ("A", 1, 2)
+    assert [(e.seq, e.type, e.actor, e.token) for e in saga_log.events("r1")] == [
+        (1, EventType.RUN_STARTED, "test", 0),
+        (2, EventType.ATTEMPT_STARTED, "A", 1),
+    ]
+
+
+def test_times_come_back_utc_aware_and_naive_ones_are_refused(saga_log: SagaLog) -> None:
+    new_run(saga_log)
+    run = saga_log.get_run("r1")
+    assert run.wake_at == NOW and run.wake_at.tzinfo is not None
+    assert saga_log.events("r1")[0].created_at == NOW
+    with pytest.raises(Exception, match="naive datetime"):
+        saga_log.append("r1", 0, [], NOW, wake_at=datetime(2030, 1, 1))  # noqa: DTZ001
+
+
+def test_due_runs_honour_leases_and_the_dispatch_grace(saga_log: SagaLog) -> None:
+    new_run(saga_log, "fresh", "k1")
+    new_run(saga_log, "leased", "k2")
+    saga_log.append("leased", 0, [], NOW, new_token=1, lease_owner="A", wake_at=NOW + timedelta(seconds=30))
+    grace = timedelta(seconds=10)
+    assert saga_log.due_runs(NOW + timedelta(seconds=5), grace) == []
+    assert saga_log.due_runs(NOW + timedelta(seconds=11), grace) == ["fresh"]
+    assert set(saga_log.due_runs(NOW + timedelta(seconds=31), grace)) == {"fresh", "leased"}
+
+
+def test_events_are_append_only_in_the_database(saga_log: SagaLog) -> None:
+    new_run(saga_log)
+    for statement in ("UPDATE sagaledger_events SET actor = 'x'", "DELETE FROM sagaledger_events"):
+        with pytest.raises(DBAPIError, match="append-only"), saga_log.engine.begin() as conn:
+            conn.execute(text(statement))
+    assert len(saga_log.events("r1")) == 1
+
+
+def test_the_migrations_build_exactly_the_declared_schema(saga_log: SagaLog) -> None:
+    with saga_log.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        diff = compare_metadata(context, metadata)
+    assert diff == []
+
+
+def test_an_unmigrated_postgres_database_is_refused_with_the_fix(postgres_url: str) -> None:
+    with pytest.raises(SchemaNotReadyError, match="run `sagaledger db upgrade"):
+        SagaLog.open(postgres_url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("nonsense", "malformed store URL"),
+        ("mysql://u@h/db", "unsupported store URL"),
+        ("postgresql://nobody@127.0.0.1:1/none", "cannot use store"),
+    ],
+)
+def test_bad_store_urls_get_one_clear_error(url: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        SagaLog.open(url, upgrade=False)
+
+
+def test_sqlite_is_tuned_for_durability(sqlite_url: str) -> None:
+    engine = create_store_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    engine.dispose()

@@ -1,0 +1,36 @@
+"""Pins the public surface: changing it must be a deliberate edit here."""
+
+import sagaledger
+import sagaledger.compensation
+import sagaledger.sagas
+import sagaledger.store
+import sagaledger.testing
+
+EXPECTED = {
+    sagaledger: [
+        "CompensationContext", "DefinitionError", "DuplicateSagaError", "EmbeddedWorker", "EventType",
+        "Hooks", "InputValidationError", "Orchestrator", "PermanentError", "Phase", "Registry",
+        "RegistryError", "RetryPolicy", "RetrySafety", "RetryableError", "RunStatus", "Saga",
+        "SagaLedgerError", "SagaLog", "SchemaNotReadyError", "Step", "StepContext", "StepError",
+        "StoreError", "UnknownRunError", "UnknownSagaError", "__version__", "step",
+    ],
+    sagaledger.sagas: [
+        "ActionCall", "CompensationContext", "DRIVE_ACTOR", "EmbeddedWorker", "Hooks", "Maintenance",
+        "MaintenanceMiddleware", "Orchestrator", "Registry", "RetryPolicy", "RetrySafety",
+        "RetrySafetyKind", "Saga", "Step", "StepContext", "declare_actors", "idempotency_key", "step",
+    ],
+    sagaledger.store: [
+        "EventRecord", "EventType", "NewEvent", "Phase", "RunRecord", "RunStatus", "SagaLog",
+        "create_store_engine", "current_revision", "head_revision", "upgrade", "utc_now",
+    ],
+    sagaledger.compensation: ["compensation_plan", "completed_pivot", "next_compensation"],
+    sagaledger.testing: ["CrashAt", "ManualClock", "SagaHarness", "SimulatedCrash"],
+}
+
+
+def test_each_package_exports_a_sorted_pinned_list() -> None:
+    for module, names in EXPECTED.items():
+        assert module.__all__ == sorted(module.__all__), module.__name__
+        assert module.__all__ == names, module.__name__
+        for name in names:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
