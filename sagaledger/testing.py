@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from sagaledger.sagas import ActionCall, Hooks, Orchestrator, Registry, Saga
 from sagaledger.sagas._leases import LeaseKeeper
-from sagaledger.store import EventRecord, EventType, NewEvent, Phase, RunRecord, RunStatus, SagaLog
+from sagaledger.store import EventRecord, EventType, Phase, RunRecord, RunStatus, SagaLog
 
 CrashPoint = Literal["before_action", "after_action", "after_checkpoint"]
 
@@ -114,8 +114,14 @@ class CrashAt(Hooks):
     def after_checkpoint(self, run_id: str, events: Any) -> None:
         if self.point != "after_checkpoint" or self.fired:
             return
-        done = EventType.STEP_COMPLETED if self.phase is Phase.FORWARD else EventType.COMPENSATION_COMPLETED
-        if any(e.type is done and e.step == self.step and e.attempt == self.attempt for e in events):
+        done = (
+            EventType.STEP_COMPLETED
+            if self.phase is Phase.FORWARD
+            else EventType.COMPENSATION_COMPLETED
+        )
+        if any(
+            e.type is done and e.step == self.step and e.attempt == self.attempt for e in events
+        ):
             self._crash()
 
 
@@ -155,7 +161,9 @@ class SagaHarness:
     def _enqueue(self, run_id: str, delay: timedelta | None) -> None:
         self._queue.append((self.clock() + (delay or timedelta(0)), run_id))
 
-    def start(self, saga: Saga | str, input: BaseModel | dict[str, Any], **options: Any) -> RunRecord:
+    def start(
+        self, saga: Saga | str, input: BaseModel | dict[str, Any], **options: Any
+    ) -> RunRecord:
         """Start a run (see :meth:`Orchestrator.start`) without driving it."""
         return self.orchestrator.start(saga, input, **options)
 
@@ -185,7 +193,9 @@ class SagaHarness:
             try:
                 self.orchestrator.drive(due[0][1])
             except SimulatedCrash:
-                self.orchestrator.leases = LeaseKeeper(self.log, self.orchestrator.lease, self.clock)
+                self.orchestrator.leases = LeaseKeeper(
+                    self.log, self.orchestrator.lease, self.clock
+                )
                 raise
         raise RuntimeError(f"still busy after {max_drives} drives; is a run looping?")
 

@@ -75,8 +75,10 @@ def calls(path: str, run_id: str | None = None) -> list[tuple[str, str, str, int
     """(step, phase, key, attempt) of every call, in order."""
     with _connect(path) as conn:
         query = "SELECT step, phase, key, attempt FROM calls"
-        rows = conn.execute(query + (" WHERE run_id=? ORDER BY id" if run_id else " ORDER BY id"),
-                            (run_id,) if run_id else ()).fetchall()
+        rows = conn.execute(
+            query + (" WHERE run_id=? ORDER BY id" if run_id else " ORDER BY id"),
+            (run_id,) if run_id else (),
+        ).fetchall()
     return [tuple(r) for r in rows]
 
 
@@ -113,20 +115,34 @@ def _compensation(name: str) -> Any:
     return compensate
 
 
-_fast = RetryPolicy(max_attempts=4, initial_backoff=timedelta(milliseconds=20), max_backoff=timedelta(milliseconds=100))
+_fast = RetryPolicy(
+    max_attempts=4,
+    initial_backoff=timedelta(milliseconds=20),
+    max_backoff=timedelta(milliseconds=100),
+)
 
 order_saga = Saga(
     "order",
     1,
     Order,
     [
-        step(n, compensate=_compensation(n), retry_safety=RetrySafety.IDEMPOTENCY_KEY,
-             retry=_fast, compensation_retry=_fast, timeout=timedelta(seconds=20))(_forward(n))
+        step(
+            n,
+            compensate=_compensation(n),
+            retry_safety=RetrySafety.IDEMPOTENCY_KEY,
+            retry=_fast,
+            compensation_retry=_fast,
+            timeout=timedelta(seconds=20),
+        )(_forward(n))
         for n in STEPS[:3]
     ]
     + [
-        step(STEPS[3], no_compensation="an email cannot be unsent",
-             retry_safety=RetrySafety.IDEMPOTENCY_KEY, retry=_fast)(_forward(STEPS[3]))
+        step(
+            STEPS[3],
+            no_compensation="an email cannot be unsent",
+            retry_safety=RetrySafety.IDEMPOTENCY_KEY,
+            retry=_fast,
+        )(_forward(STEPS[3]))
     ],
 )
 

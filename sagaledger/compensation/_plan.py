@@ -18,10 +18,14 @@ def compensation_plan(saga: Saga, completed: Sequence[str]) -> list[Step]:
         The completed steps that have a compensation, last completed first.
         Steps declared ``no_compensation`` are skipped.
     """
-    return [saga.step_named(name) for name in reversed(completed) if saga.step_named(name).compensable]
+    return [
+        saga.step_named(name) for name in reversed(completed) if saga.step_named(name).compensable
+    ]
 
 
-def next_compensation(saga: Saga, completed: Sequence[str], compensated: Collection[str]) -> Step | None:
+def next_compensation(
+    saga: Saga, completed: Sequence[str], compensated: Collection[str]
+) -> Step | None:
     """The next compensation to run, or None when everything is undone."""
     return next((s for s in compensation_plan(saga, completed) if s.name not in compensated), None)
 

@@ -10,9 +10,9 @@ from sagaledger.sagas._policy import RetryPolicy, RetrySafety, RetrySafetyKind
 from sagaledger.sagas._registry import Registry
 
 __all__ = [
+    "DRIVE_ACTOR",
     "ActionCall",
     "CompensationContext",
-    "DRIVE_ACTOR",
     "EmbeddedWorker",
     "Hooks",
     "Maintenance",

@@ -57,12 +57,16 @@ class Maintenance:
         recovery_interval: How often to look for due runs.
     """
 
-    def __init__(self, orchestrator: Orchestrator, recovery_interval: timedelta = timedelta(seconds=2)):
+    def __init__(
+        self, orchestrator: Orchestrator, recovery_interval: timedelta = timedelta(seconds=2)
+    ):
         self.orchestrator = orchestrator
         self.renew_interval = orchestrator.lease.total_seconds() / 3
         self.recovery_interval = recovery_interval.total_seconds()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sagaledger-maintenance", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name="sagaledger-maintenance", daemon=True
+        )
 
     def start(self) -> None:
         """Start the thread; recovery runs at once, so a restarted worker resumes promptly."""

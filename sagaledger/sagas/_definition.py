@@ -122,7 +122,9 @@ class Saga:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise DefinitionError(f"invalid saga name {self.name!r} (letters, digits, _ . -)")
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
-            raise DefinitionError(f"version must be an int >= 1, got {self.version!r}", saga=self.name)
+            raise DefinitionError(
+                f"version must be an int >= 1, got {self.version!r}", saga=self.name
+            )
         if not (isinstance(self.input, type) and issubclass(self.input, BaseModel)):
             raise DefinitionError("input must be a pydantic BaseModel subclass", saga=self.name)
         steps = tuple(self.steps)
@@ -188,7 +190,9 @@ class Saga:
 
 def _check_step(saga: str, s: Step) -> None:
     if not isinstance(s.name, str) or not _NAME.match(s.name):
-        raise DefinitionError("invalid step name (letters, digits, _ . -)", saga=saga, step=str(s.name))
+        raise DefinitionError(
+            "invalid step name (letters, digits, _ . -)", saga=saga, step=str(s.name)
+        )
     if not callable(s.action):
         raise DefinitionError("action is not callable", saga=saga, step=s.name)
     if s.retry_safety is None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from sagaledger._errors import StepError
 from sagaledger.compensation._plan import completed_pivot, next_compensation
 from sagaledger.sagas._context import CompensationContext, StepContext, idempotency_key
 from sagaledger.sagas._definition import Saga, Step
@@ -46,10 +45,8 @@ def describe_error(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
 
 def is_non_retryable(exc: BaseException, policy: RetryPolicy) -> bool:
     """True when retrying ``exc`` cannot help (by flag or by the policy's types)."""
-    if isinstance(exc, StepError) or hasattr(exc, "non_retryable"):
-        if getattr(exc, "non_retryable", False):
-            return True
-    return isinstance(exc, policy.non_retryable)
+    # Duck-typed (like StepError's flag), so any library's errors can carry it.
+    return getattr(exc, "non_retryable", False) is True or isinstance(exc, policy.non_retryable)
 
 
 def to_json(value: Any) -> Any:
@@ -124,7 +121,11 @@ class RunDriver:
         return True
 
     def _load_history(self) -> None:
-        wanted = (EventType.STEP_COMPLETED, EventType.COMPENSATION_STARTED, EventType.COMPENSATION_COMPLETED)
+        wanted = (
+            EventType.STEP_COMPLETED,
+            EventType.COMPENSATION_STARTED,
+            EventType.COMPENSATION_COMPLETED,
+        )
         for e in self.o.log.events(self.run_id, types=wanted):
             if e.type is EventType.STEP_COMPLETED and e.step is not None:
                 self.outputs[e.step] = e.payload["output"]
@@ -196,7 +197,9 @@ class RunDriver:
             return self._failed(step, exc, call)
         self.o.hooks.after_action(call, output)
         payload = {"output": output, "duration_ms": _ms_since(started), "via_probe": via_probe}
-        done = NewEvent(EventType.STEP_COMPLETED, self.o.actor, step.name, Phase.FORWARD, self.attempt, payload)
+        done = NewEvent(
+            EventType.STEP_COMPLETED, self.o.actor, step.name, Phase.FORWARD, self.attempt, payload
+        )
         self.outputs[step.name] = output
         if self.index + 1 == len(self.saga.steps):
             finish = NewEvent(EventType.RUN_COMPLETED, self.o.actor)
@@ -230,7 +233,12 @@ class RunDriver:
         self.o.hooks.after_action(call, result)
         payload = {"result": result, "duration_ms": _ms_since(started)}
         done = NewEvent(
-            EventType.COMPENSATION_COMPLETED, self.o.actor, step.name, Phase.COMPENSATE, self.attempt, payload
+            EventType.COMPENSATION_COMPLETED,
+            self.o.actor,
+            step.name,
+            Phase.COMPENSATE,
+            self.attempt,
+            payload,
         )
         self.compensated.add(step.name)
         return self._unwind([done])
@@ -242,16 +250,24 @@ class RunDriver:
         permanent = is_non_retryable(exc, policy)
         error = describe_error(exc, retryable=not permanent)
         phase = self.phase  # captured: turning to compensation changes self.phase
-        failed_type = EventType.STEP_FAILED if phase is Phase.FORWARD else EventType.COMPENSATION_FAILED
+        failed_type = (
+            EventType.STEP_FAILED if phase is Phase.FORWARD else EventType.COMPENSATION_FAILED
+        )
 
         def failure(outcome: str, **extra: Any) -> NewEvent:
             payload = {"outcome": outcome, **extra}
-            return NewEvent(failed_type, self.o.actor, step.name, phase, self.attempt, payload, error)
+            return NewEvent(
+                failed_type, self.o.actor, step.name, phase, self.attempt, payload, error
+            )
 
         exhausted = self.attempt >= policy.max_attempts
         if not permanent and not exhausted:
             retry_after = getattr(exc, "retry_after", None)
-            delay = retry_after if isinstance(retry_after, timedelta) else policy.backoff(self.attempt, self.o.rng)
+            delay = (
+                retry_after
+                if isinstance(retry_after, timedelta)
+                else policy.backoff(self.attempt, self.o.rng)
+            )
             retry_at = self.o.clock() + delay
             written = self._commit(
                 [failure("retry", retry_at=_iso(retry_at))],
@@ -269,7 +285,9 @@ class RunDriver:
             return self._park([failure("park")], f"compensation of {summary}", error)
         pivot = completed_pivot(self.saga, list(self.outputs))
         if pivot is not None:
-            reason = f"{summary}; pivot {pivot.name!r} has completed, so the run cannot be compensated"
+            reason = (
+                f"{summary}; pivot {pivot.name!r} has completed, so the run cannot be compensated"
+            )
             return self._park([failure("park")], reason, error)
         self.reason = summary
         turned = NewEvent(EventType.COMPENSATION_STARTED, self.o.actor, payload={"reason": summary})
@@ -280,17 +298,26 @@ class RunDriver:
         """Go on with the next compensation the log calls for, or finish the run."""
         nxt = next_compensation(self.saga, list(self.outputs), self.compensated)
         if nxt is None:
-            done = NewEvent(EventType.RUN_COMPENSATED, self.o.actor, payload={"reason": self.reason})
+            done = NewEvent(
+                EventType.RUN_COMPENSATED, self.o.actor, payload={"reason": self.reason}
+            )
             return self._finish([*events, done], RunStatus.COMPENSATED, **changes)
         index = self.saga.position(nxt.name)
         return self._advance(events, RunStatus.COMPENSATING, index, **changes)
 
-    def _advance(self, events: list[NewEvent], status: RunStatus, index: int, **changes: Any) -> bool:
+    def _advance(
+        self, events: list[NewEvent], status: RunStatus, index: int, **changes: Any
+    ) -> bool:
         self.status, self.index, self.attempt = status, index, 1
         step = self.saga.steps[index]
         events.append(self._attempt_started(step))
         written = self._commit(
-            events, status=status.value, step_index=index, attempt=1, wake_at=self.o.clock() + self.o.lease, **changes
+            events,
+            status=status.value,
+            step_index=index,
+            attempt=1,
+            wake_at=self.o.clock() + self.o.lease,
+            **changes,
         )
         if written:
             self.o.leases.hold(self.run_id, self.token, self.o.clock(), step.timeout)
@@ -307,7 +334,9 @@ class RunDriver:
         return self._finish(events, RunStatus.PARKED, blocked_reason=reason, last_error=error)
 
     def _attempt_started(self, step: Step) -> NewEvent:
-        return NewEvent(EventType.ATTEMPT_STARTED, self.o.actor, step.name, self.phase, self.attempt)
+        return NewEvent(
+            EventType.ATTEMPT_STARTED, self.o.actor, step.name, self.phase, self.attempt
+        )
 
     def _commit(self, events: Sequence[NewEvent], **changes: Any) -> bool:
         written = self.o.log.append(self.run_id, self.token, events, self.o.clock(), **changes)

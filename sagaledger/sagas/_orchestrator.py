@@ -217,17 +217,27 @@ class Orchestrator:
             driver.run()
 
     def _wait_for_version(self, run: RunRecord, here: Saga | None, now: datetime) -> None:
-        wanted = f"saga {run.saga_name!r} version {run.saga_version} (fingerprint {run.fingerprint})"
+        wanted = (
+            f"saga {run.saga_name!r} version {run.saga_version} (fingerprint {run.fingerprint})"
+        )
         if here is None:
-            reason = f"{wanted} is not registered on {self.worker_id}; it has: {self.registry.describe() or 'none'}"
+            known = self.registry.describe() or "none"
+            reason = f"{wanted} is not registered on {self.worker_id}; it has: {known}"
         else:
             reason = f"{wanted} differs here (fingerprint {here.fingerprint}) on {self.worker_id}"
         events = []
         if run.blocked_reason != reason:
             logger.warning("run %s waits: %s", run.id, reason)
-            events.append(NewEvent(EventType.VERSION_UNAVAILABLE, self.actor, payload={"reason": reason}))
+            events.append(
+                NewEvent(EventType.VERSION_UNAVAILABLE, self.actor, payload={"reason": reason})
+            )
         self.log.append(
-            run.id, run.lease_token, events, now, wake_at=now + self.version_recheck, blocked_reason=reason
+            run.id,
+            run.lease_token,
+            events,
+            now,
+            wake_at=now + self.version_recheck,
+            blocked_reason=reason,
         )
 
     # -- recovery -------------------------------------------------------------

@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -53,7 +53,7 @@ DEFAULT_RETRY = RetryPolicy()
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=8, max_backoff=timedelta(minutes=10))
 
 
-class RetrySafetyKind(str, Enum):
+class RetrySafetyKind(StrEnum):
     """The ways a step can be safe to run more than once."""
 
     IDEMPOTENCY_KEY = "idempotency_key"

@@ -30,7 +30,9 @@ class Registry:
             raise TypeError(f"expected a Saga, got {type(saga).__name__}")
         key = (saga.name, saga.version)
         if key in self._sagas:
-            raise DuplicateSagaError(f"saga {saga.name!r} version {saga.version} is already registered")
+            raise DuplicateSagaError(
+                f"saga {saga.name!r} version {saga.version} is already registered"
+            )
         self._sagas[key] = saga
         return saga
 

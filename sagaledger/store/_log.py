@@ -84,7 +84,9 @@ class SagaLog:
 
     # -- writes ---------------------------------------------------------------
 
-    def create_run(self, run: dict[str, Any], first: Sequence[NewEvent], now: datetime) -> tuple[RunRecord, bool]:
+    def create_run(
+        self, run: dict[str, Any], first: Sequence[NewEvent], now: datetime
+    ) -> tuple[RunRecord, bool]:
         """Insert a run with its first events, or return the run its business key names.
 
         Returns:
@@ -94,7 +96,9 @@ class SagaLog:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(runs), row)
-                conn.execute(insert(events), _event_rows(run["id"], 1, first, run["lease_token"], now))
+                conn.execute(
+                    insert(events), _event_rows(run["id"], 1, first, run["lease_token"], now)
+                )
         except IntegrityError:
             existing = self.find_by_key(run["saga_name"], run["business_key"])
             if existing is None:
@@ -146,7 +150,9 @@ class SagaLog:
             if new_events:
                 first_seq = last_seq - len(new_events) + 1
                 writer = token if new_token is None else new_token
-                conn.execute(insert(events), _event_rows(run_id, first_seq, new_events, writer, now))
+                conn.execute(
+                    insert(events), _event_rows(run_id, first_seq, new_events, writer, now)
+                )
         return True
 
     # -- reads ----------------------------------------------------------------
@@ -165,7 +171,9 @@ class SagaLog:
 
     def find_by_key(self, saga_name: str, business_key: str) -> RunRecord | None:
         """Return the run of ``saga_name`` started with ``business_key``, if any."""
-        query = select(runs).where(runs.c.saga_name == saga_name, runs.c.business_key == business_key)
+        query = select(runs).where(
+            runs.c.saga_name == saga_name, runs.c.business_key == business_key
+        )
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         return _run(row) if row is not None else None

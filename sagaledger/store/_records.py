@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
@@ -13,7 +13,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     """Where a run stands. Only ``running`` and ``compensating`` runs are driven."""
 
     RUNNING = "running"
@@ -32,14 +32,14 @@ class RunStatus(str, Enum):
 ACTIVE_STATUSES = (RunStatus.RUNNING.value, RunStatus.COMPENSATING.value)
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     """Which way a step is being run."""
 
     FORWARD = "forward"
     COMPENSATE = "compensate"
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     """Every kind of event the log holds."""
 
     RUN_STARTED = "run_started"

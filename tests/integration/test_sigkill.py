@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def spawn_worker(store_url: str, crash: str | None = None) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "tests.integration.crash_worker", store_url]
-    return subprocess.Popen(args + ([crash] if crash else []), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen(
+        args + ([crash] if crash else []), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
 
 
 def wait_finished(log: SagaLog, run_id: str, timeout: float = 60) -> RunRecord:
@@ -48,7 +50,9 @@ def saga_log(store_url: str) -> Iterator[SagaLog]:
     log.close()
 
 
-def crash_then_recover(store_url: str, log: SagaLog, ledger: str, crash: str, **order: object) -> RunRecord:
+def crash_then_recover(
+    store_url: str, log: SagaLog, ledger: str, crash: str, **order: object
+) -> RunRecord:
     # Given a run written to the log (no broker message: a worker's recovery finds it)
     starter = Orchestrator(log, registry)
     run = starter.start("order", {"order_id": "K1", "ledger": ledger, **order})
@@ -100,7 +104,9 @@ def test_sigkill_in_the_forward_phase(
     assert sum(e.type is EventType.ATTEMPT_ABANDONED for e in events) == 1
 
 
-def test_sigkill_in_the_middle_of_compensating(store_url: str, saga_log: SagaLog, tmp_path: Path) -> None:
+def test_sigkill_in_the_middle_of_compensating(
+    store_url: str, saga_log: SagaLog, tmp_path: Path
+) -> None:
     ledger = str(tmp_path / "ledger.db")
     run = crash_then_recover(
         store_url, saga_log, ledger, "charge_payment:after_action:compensate", fail_at="send_email"
@@ -108,7 +114,12 @@ def test_sigkill_in_the_middle_of_compensating(store_url: str, saga_log: SagaLog
 
     assert run.status is RunStatus.COMPENSATED
     undo = [c for c in ledger_app.calls(ledger, run.id) if c[1] == "compensate"]
-    assert [c[0] for c in undo] == ["create_erp_order", "charge_payment", "charge_payment", "reserve_inventory"]
+    assert [c[0] for c in undo] == [
+        "create_erp_order",
+        "charge_payment",
+        "charge_payment",
+        "reserve_inventory",
+    ]
     assert undo[1][2] == undo[2][2] == f"{run.id}:charge_payment:compensate"
     forward = [c[0] for c in ledger_app.calls(ledger, run.id) if c[1] == "forward"]
     assert forward == list(STEPS)  # nothing forward ran again

@@ -47,7 +47,9 @@ def test_a_duplicate_step_name_is_refused_naming_saga_and_step() -> None:
 
 def test_a_step_without_retry_safety_is_refused_naming_it() -> None:
     bare = step("charge", compensate=noop)(noop)
-    with pytest.raises(DefinitionError, match=r"saga 'shop' step 'charge': no retry_safety declared"):
+    with pytest.raises(
+        DefinitionError, match=r"saga 'shop' step 'charge': no retry_safety declared"
+    ):
         Saga("shop", 1, In, [safe("reserve"), bare])
 
 
@@ -72,31 +74,54 @@ def test_a_step_declares_exactly_one_way_to_be_undone(declaration: dict[str, Any
     ],
 )
 def test_other_invalid_sagas_are_refused(kwargs: dict[str, Any], message: str) -> None:
-    args: dict[str, Any] = {"name": "shop", "version": 1, "input": In, "steps": [safe("a")], **kwargs}
+    args: dict[str, Any] = {
+        "name": "shop",
+        "version": 1,
+        "input": In,
+        "steps": [safe("a")],
+        **kwargs,
+    }
     with pytest.raises(DefinitionError, match=message):
         Saga(**args)
 
 
 def test_the_registry_refuses_duplicates_and_lists_what_it_has() -> None:
-    registry = Registry([Saga("shop", 1, In, [safe("a")]), Saga("shop", 2, In, [safe("a"), safe("b")])])
+    registry = Registry(
+        [Saga("shop", 1, In, [safe("a")]), Saga("shop", 2, In, [safe("a"), safe("b")])]
+    )
     with pytest.raises(DuplicateSagaError, match="'shop' version 2 is already registered"):
         registry.register(Saga("shop", 2, In, [safe("a")]))
     assert registry.get("shop").version == 2
     assert registry.get("shop", 1).version == 1
-    with pytest.raises(UnknownSagaError, match=r"unknown saga 'refund'; registered: shop v1, shop v2"):
+    with pytest.raises(
+        UnknownSagaError, match=r"unknown saga 'refund'; registered: shop v1, shop v2"
+    ):
         registry.get("refund")
 
 
 def test_the_fingerprint_follows_the_shape_not_the_code() -> None:
     base = Saga("shop", 1, In, [safe("a"), safe("b")])
-    same = Saga("shop", 1, In, [step("a", compensate=noop, retry_safety=RetrySafety.IDEMPOTENCY_KEY)(lambda c: 1), safe("b")])
+    same = Saga(
+        "shop",
+        1,
+        In,
+        [
+            step("a", compensate=noop, retry_safety=RetrySafety.IDEMPOTENCY_KEY)(lambda c: 1),
+            safe("b"),
+        ],
+    )
     assert base.fingerprint == same.fingerprint
     assert base.fingerprint != Saga("shop", 1, In, [safe("b"), safe("a")]).fingerprint
     assert base.fingerprint != Saga("shop", 1, In, [safe("a"), safe("b", pivot=True)]).fingerprint
 
 
 def test_back_off_grows_is_capped_and_jittered() -> None:
-    policy = RetryPolicy(initial_backoff=timedelta(seconds=1), max_backoff=timedelta(seconds=10), multiplier=2, jitter=0.2)
+    policy = RetryPolicy(
+        initial_backoff=timedelta(seconds=1),
+        max_backoff=timedelta(seconds=10),
+        multiplier=2,
+        jitter=0.2,
+    )
     rng = random.Random(7)
     delays = [policy.backoff(n, rng).total_seconds() for n in range(1, 8)]
     assert 0.8 <= delays[0] <= 1.2 and 1.6 <= delays[1] <= 2.4 and 3.2 <= delays[2] <= 4.8
@@ -113,4 +138,8 @@ def test_exceptions_survive_pickling_with_their_attributes() -> None:
         UnknownRunError("r1"),
     ]:
         copy = pickle.loads(pickle.dumps(error))
-        assert type(copy) is type(error) and str(copy) == str(error) and copy.__dict__ == error.__dict__
+        assert (
+            type(copy) is type(error)
+            and str(copy) == str(error)
+            and copy.__dict__ == error.__dict__
+        )

@@ -22,7 +22,9 @@ class DeliverTwice(dramatiq.Middleware):
 
     def after_enqueue(self, broker: dramatiq.Broker, message: Any, delay: int | None) -> None:
         if not message.options.get("duplicate"):
-            broker.enqueue(message.copy(options={**message.options, "duplicate": True}), delay=delay)
+            broker.enqueue(
+                message.copy(options={**message.options, "duplicate": True}), delay=delay
+            )
 
 
 @pytest.fixture
@@ -39,11 +41,20 @@ def wait_all(log: SagaLog, run_ids: list[str], timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def test_concurrent_runs_on_worker_threads_each_finish_once(orchestrator: Orchestrator, tmp_path: Path) -> None:
+def test_concurrent_runs_on_worker_threads_each_finish_once(
+    orchestrator: Orchestrator, tmp_path: Path
+) -> None:
     ledger = str(tmp_path / "ledger.db")
     with EmbeddedWorker(orchestrator, threads=4):
         runs = [
-            orchestrator.start("order", {"order_id": str(i), "ledger": ledger, "fail_at": "send_email" if i % 3 == 0 else None})
+            orchestrator.start(
+                "order",
+                {
+                    "order_id": str(i),
+                    "ledger": ledger,
+                    "fail_at": "send_email" if i % 3 == 0 else None,
+                },
+            )
             for i in range(24)
         ]
         wait_all(orchestrator.log, [r.id for r in runs])
@@ -54,12 +65,16 @@ def test_concurrent_runs_on_worker_threads_each_finish_once(orchestrator: Orches
     assert len(calls) == 16 * 4 + 8 * (4 + 3)
 
 
-def test_every_message_delivered_twice_changes_nothing(orchestrator: Orchestrator, tmp_path: Path) -> None:
+def test_every_message_delivered_twice_changes_nothing(
+    orchestrator: Orchestrator, tmp_path: Path
+) -> None:
     ledger = str(tmp_path / "ledger.db")
     worker = EmbeddedWorker(orchestrator, threads=4)
     worker.broker.add_middleware(DeliverTwice())
     with worker:
-        runs = [orchestrator.start("order", {"order_id": str(i), "ledger": ledger}) for i in range(10)]
+        runs = [
+            orchestrator.start("order", {"order_id": str(i), "ledger": ledger}) for i in range(10)
+        ]
         wait_all(orchestrator.log, [r.id for r in runs])
         time.sleep(0.3)  # let the duplicates arrive and be dropped
     for run in runs:
@@ -68,11 +83,15 @@ def test_every_message_delivered_twice_changes_nothing(orchestrator: Orchestrato
     assert len(ledger_app.calls(ledger)) == 40
 
 
-def test_a_run_whose_message_is_lost_is_recovered_from_the_log(orchestrator: Orchestrator, tmp_path: Path) -> None:
+def test_a_run_whose_message_is_lost_is_recovered_from_the_log(
+    orchestrator: Orchestrator, tmp_path: Path
+) -> None:
     ledger = str(tmp_path / "ledger.db")
     # Given a run started while no worker was listening (its message went nowhere)
     run = orchestrator.start("order", {"order_id": "lost", "ledger": ledger})
     orchestrator.dispatch_grace = timedelta(0)
     # When a worker starts, its recovery pass finds the run in the log
-    with EmbeddedWorker(orchestrator, threads=2, recovery_interval=timedelta(milliseconds=100)) as worker:
+    with EmbeddedWorker(
+        orchestrator, threads=2, recovery_interval=timedelta(milliseconds=100)
+    ) as worker:
         assert worker.wait(run.id).status is RunStatus.COMPLETED

@@ -53,7 +53,9 @@ def types(harness: SagaHarness, run_id: str) -> list[str]:
     return [e.type.value for e in harness.events(run_id)]
 
 
-def test_a_run_completes_and_each_step_sees_earlier_outputs(harness: SagaHarness, ledger: str) -> None:
+def test_a_run_completes_and_each_step_sees_earlier_outputs(
+    harness: SagaHarness, ledger: str
+) -> None:
     # When a run of four steps starts
     run = harness.run(order_saga, order(ledger))
 
@@ -82,7 +84,11 @@ def test_a_late_failure_compensates_in_exact_reverse_order_with_forward_outputs(
     assert run.status is RunStatus.COMPENSATED
     events = harness.events(run.id)
     compensations = [e for e in events if e.type is EventType.COMPENSATION_COMPLETED]
-    assert [e.step for e in compensations] == ["create_erp_order", "charge_payment", "reserve_inventory"]
+    assert [e.step for e in compensations] == [
+        "create_erp_order",
+        "charge_payment",
+        "reserve_inventory",
+    ]
     assert [e.payload["result"]["undid"] for e in compensations] == [
         "create_erp_order-A1",
         "charge_payment-A1",
@@ -92,11 +98,17 @@ def test_a_late_failure_compensates_in_exact_reverse_order_with_forward_outputs(
     undo_keys = [c[2] for c in ledger_app.calls(ledger) if c[1] == "compensate"]
     assert undo_keys == [f"{run.id}:{s}:compensate" for s in reversed(STEPS[:3])]
     failed = next(e for e in events if e.type is EventType.STEP_FAILED)
-    assert (failed.step, failed.phase, failed.payload["outcome"]) == ("send_email", Phase.FORWARD, "compensate")
+    assert (failed.step, failed.phase, failed.payload["outcome"]) == (
+        "send_email",
+        Phase.FORWARD,
+        "compensate",
+    )
     assert "refused order A1" in failed.error["message"]
 
 
-def test_a_failure_in_the_middle_undoes_only_what_completed(harness: SagaHarness, ledger: str) -> None:
+def test_a_failure_in_the_middle_undoes_only_what_completed(
+    harness: SagaHarness, ledger: str
+) -> None:
     run = harness.run(order_saga, order(ledger, fail_at="charge_payment"))
 
     assert run.status is RunStatus.COMPENSATED
@@ -151,7 +163,9 @@ def test_exhausted_retries_compensate(harness: SagaHarness, ledger: str) -> None
 def test_a_compensation_that_keeps_failing_parks_the_run_with_its_reason(
     harness: SagaHarness, ledger: str
 ) -> None:
-    run = harness.run(order_saga, order(ledger, fail_at="create_erp_order", fail_compensation="charge_payment"))
+    run = harness.run(
+        order_saga, order(ledger, fail_at="create_erp_order", fail_compensation="charge_payment")
+    )
     while harness.status(run.id) is RunStatus.COMPENSATING:
         harness.advance(timedelta(seconds=1))
         harness.run_until_idle()
@@ -159,10 +173,14 @@ def test_a_compensation_that_keeps_failing_parks_the_run_with_its_reason(
     stored = harness.log.get_run(run.id)
     assert stored.status is RunStatus.PARKED
     assert stored.wake_at is None  # a person must act; nothing re-drives it silently
-    assert "compensation of step 'charge_payment' failed after 4 attempts" in (stored.blocked_reason or "")
+    assert "compensation of step 'charge_payment' failed after 4 attempts" in (
+        stored.blocked_reason or ""
+    )
     assert "cannot undo charge_payment" in (stored.blocked_reason or "")
     # The refund was attempted 4 times; the reservation was never released behind its back
-    assert [c[0] for c in ledger_app.calls(ledger) if c[1] == "compensate"] == ["charge_payment"] * 4
+    assert [c[0] for c in ledger_app.calls(ledger) if c[1] == "compensate"] == [
+        "charge_payment"
+    ] * 4
     assert types(harness, run.id)[-1] == "run_parked"
 
 
@@ -176,7 +194,12 @@ def test_an_unexpected_exception_type_listed_as_non_retryable_fails_at_once(
         raise LookupError("no such customer")
 
     policy = RetryPolicy(max_attempts=5, non_retryable=(LookupError,))
-    saga = Saga("lookup", 1, Order, [step(retry_safety=RetrySafety.NATURAL, no_compensation="read", retry=policy)(lookup)])
+    saga = Saga(
+        "lookup",
+        1,
+        Order,
+        [step(retry_safety=RetrySafety.NATURAL, no_compensation="read", retry=policy)(lookup)],
+    )
     h = SagaHarness([saga], store_url=store_url)
     run = h.run(saga, order(ledger))
     assert (run.status, calls) == (RunStatus.COMPENSATED, [1])
@@ -207,7 +230,9 @@ def _pivot_saga(fail_after_pivot: str) -> tuple[Saga, list[str]]:
     return Saga("pivoted", 1, Order, steps), done
 
 
-def test_a_failure_after_the_pivot_parks_instead_of_compensating(store_url: str, ledger: str) -> None:
+def test_a_failure_after_the_pivot_parks_instead_of_compensating(
+    store_url: str, ledger: str
+) -> None:
     saga, done = _pivot_saga(fail_after_pivot="notify")
     h = SagaHarness([saga], store_url=store_url)
     run = h.run(saga, order(ledger))
@@ -227,7 +252,9 @@ def test_a_failure_of_the_pivot_itself_still_compensates(store_url: str, ledger:
     h.close()
 
 
-def test_retry_after_from_the_remote_side_overrides_the_back_off(store_url: str, ledger: str) -> None:
+def test_retry_after_from_the_remote_side_overrides_the_back_off(
+    store_url: str, ledger: str
+) -> None:
     attempts: list[int] = []
 
     def limited(ctx: Any) -> None:
@@ -235,7 +262,12 @@ def test_retry_after_from_the_remote_side_overrides_the_back_off(store_url: str,
         if ctx.attempt == 1:
             raise RetryableError("429 Too Many Requests", retry_after=timedelta(minutes=7))
 
-    saga = Saga("limited", 1, Order, [step(retry_safety=RetrySafety.IDEMPOTENCY_KEY, no_compensation="x")(limited)])
+    saga = Saga(
+        "limited",
+        1,
+        Order,
+        [step(retry_safety=RetrySafety.IDEMPOTENCY_KEY, no_compensation="x")(limited)],
+    )
     h = SagaHarness([saga], store_url=store_url)
     run = h.run(saga, order(ledger))
     assert h.log.get_run(run.id).wake_at == h.clock() + timedelta(minutes=7)
@@ -250,7 +282,11 @@ def test_retry_after_from_the_remote_side_overrides_the_back_off(store_url: str,
 
 @pytest.mark.parametrize(
     ("point", "phase", "calls_of_step"),
-    [("before_action", "forward", 1), ("after_action", "forward", 2), ("after_checkpoint", "forward", 1)],
+    [
+        ("before_action", "forward", 1),
+        ("after_action", "forward", 2),
+        ("after_checkpoint", "forward", 1),
+    ],
 )
 def test_a_crash_at_any_point_resumes_from_the_checkpoint(
     store_url: str, ledger: str, point: str, phase: str, calls_of_step: int
@@ -289,10 +325,17 @@ def test_a_crash_mid_compensation_resumes_the_unwind(store_url: str, ledger: str
 
     assert h.status(run.id) is RunStatus.COMPENSATED
     undo = [c for c in ledger_app.calls(ledger) if c[1] == "compensate"]
-    assert [c[0] for c in undo] == ["create_erp_order", "charge_payment", "charge_payment", "reserve_inventory"]
+    assert [c[0] for c in undo] == [
+        "create_erp_order",
+        "charge_payment",
+        "charge_payment",
+        "reserve_inventory",
+    ]
     assert undo[1][2] == undo[2][2]  # same idempotency key on the retry
     abandoned = [e for e in h.events(run.id) if e.type is EventType.ATTEMPT_ABANDONED]
-    assert [(e.step, e.phase, e.attempt) for e in abandoned] == [("charge_payment", Phase.COMPENSATE, 1)]
+    assert [(e.step, e.phase, e.attempt) for e in abandoned] == [
+        ("charge_payment", Phase.COMPENSATE, 1)
+    ]
     h.close()
 
 
@@ -302,7 +345,9 @@ def test_a_step_that_kills_every_worker_runs_out_of_attempts(store_url: str, led
             if call.step == "create_erp_order" and call.phase is Phase.FORWARD:
                 raise SimulatedCrash("poison")
 
-    h = SagaHarness([order_saga], store_url=store_url, hooks=[AlwaysCrash()], lease=timedelta(seconds=5))
+    h = SagaHarness(
+        [order_saga], store_url=store_url, hooks=[AlwaysCrash()], lease=timedelta(seconds=5)
+    )
     run = h.start(order_saga, order(ledger))
     for _ in range(10):
         try:
@@ -316,7 +361,9 @@ def test_a_step_that_kills_every_worker_runs_out_of_attempts(store_url: str, led
     h.close()
 
 
-def test_a_probe_finds_the_landed_effect_instead_of_repeating_it(store_url: str, ledger: str) -> None:
+def test_a_probe_finds_the_landed_effect_instead_of_repeating_it(
+    store_url: str, ledger: str
+) -> None:
     landed: dict[str, dict[str, str]] = {}
     executed: list[int] = []
 
@@ -336,7 +383,11 @@ def test_a_probe_finds_the_landed_effect_instead_of_repeating_it(store_url: str,
 
     assert executed == [1]
     done = next(e for e in h.events(run.id) if e.type is EventType.STEP_COMPLETED)
-    assert (done.attempt, done.payload["via_probe"], done.payload["output"]) == (2, True, {"charge": "ch_1"})
+    assert (done.attempt, done.payload["via_probe"], done.payload["output"]) == (
+        2,
+        True,
+        {"charge": "ch_1"},
+    )
     h.close()
 
 
@@ -349,7 +400,9 @@ def test_a_stale_worker_cannot_overwrite_a_newer_checkpoint(store_url: str, ledg
         def write_refused(self, run_id: str, token: int, events: Any) -> None:
             refused.append(token)
 
-    rival = Orchestrator(h.log, Registry([order_saga]), clock=clock, worker_id="B", lease=timedelta(seconds=5))
+    rival = Orchestrator(
+        h.log, Registry([order_saga]), clock=clock, worker_id="B", lease=timedelta(seconds=5)
+    )
 
     class SlowWorker(Hooks):
         """While worker A is inside charge_payment, its lease expires and B takes over."""
@@ -359,19 +412,29 @@ def test_a_stale_worker_cannot_overwrite_a_newer_checkpoint(store_url: str, ledg
                 clock.advance(timedelta(seconds=10))
                 rival.drive(call.run_id)  # B claims with a newer token and finishes the run
 
-    slow = Orchestrator(h.log, Registry([order_saga]), clock=clock, worker_id="A",
-                        hooks=[SlowWorker(), Recorder()], lease=timedelta(seconds=5))
+    slow = Orchestrator(
+        h.log,
+        Registry([order_saga]),
+        clock=clock,
+        worker_id="A",
+        hooks=[SlowWorker(), Recorder()],
+        lease=timedelta(seconds=5),
+    )
     run = h.start(order_saga, order(ledger))
     slow.drive(run.id)
 
     # A's checkpoint of charge_payment was refused: B's is the only one
     events = h.events(run.id)
-    charge_done = [e for e in events if e.type is EventType.STEP_COMPLETED and e.step == "charge_payment"]
+    charge_done = [
+        e for e in events if e.type is EventType.STEP_COMPLETED and e.step == "charge_payment"
+    ]
     assert len(charge_done) == 1 and charge_done[0].actor == "worker:B"
     assert refused == [1]
     assert h.status(run.id) is RunStatus.COMPLETED
     assert all(e.actor == "worker:B" for e in events if e.token is not None and e.token > 1)
-    assert [s for s, *_ in ledger_app.calls(ledger)].count("charge_payment") == 2  # both ran (at least once)
+    assert [s for s, *_ in ledger_app.calls(ledger)].count(
+        "charge_payment"
+    ) == 2  # both ran (at least once)
     assert ledger_app.effects(ledger).count(("charge_payment", "forward")) == 1  # one effect by key
     h.close()
 
@@ -387,7 +450,9 @@ def test_a_duplicate_message_for_a_run_changes_nothing(harness: SagaHarness, led
     assert len(harness.events(run.id)) == len(types(harness, run.id))
 
 
-def test_starting_twice_with_one_business_key_returns_the_same_run(harness: SagaHarness, ledger: str) -> None:
+def test_starting_twice_with_one_business_key_returns_the_same_run(
+    harness: SagaHarness, ledger: str
+) -> None:
     first = harness.run(order_saga, order(ledger), key="order-A1")
     again = harness.start(order_saga, order(ledger), key="order-A1")
     assert again.id == first.id
@@ -395,7 +460,9 @@ def test_starting_twice_with_one_business_key_returns_the_same_run(harness: Saga
     assert len(ledger_app.calls(ledger)) == 4
 
 
-def test_invalid_input_is_refused_before_anything_is_written(harness: SagaHarness, ledger: str) -> None:
+def test_invalid_input_is_refused_before_anything_is_written(
+    harness: SagaHarness, ledger: str
+) -> None:
     with pytest.raises(InputValidationError) as caught:
         harness.start(order_saga, {"ledger": ledger, "flaky": "lots"})
     message = str(caught.value)

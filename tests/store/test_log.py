@@ -20,9 +20,20 @@ NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
 
 def new_run(log: SagaLog, run_id: str = "r1", key: str = "k1") -> None:
     row = {
-        "id": run_id, "saga_name": "s", "saga_version": 1, "fingerprint": "f", "business_key": key,
-        "status": "running", "step_index": 0, "attempt": 1, "input": {"a": 1}, "lease_owner": None,
-        "lease_token": 0, "wake_at": NOW, "blocked_reason": None, "last_error": None,
+        "id": run_id,
+        "saga_name": "s",
+        "saga_version": 1,
+        "fingerprint": "f",
+        "business_key": key,
+        "status": "running",
+        "step_index": 0,
+        "attempt": 1,
+        "input": {"a": 1},
+        "lease_owner": None,
+        "lease_token": 0,
+        "wake_at": NOW,
+        "blocked_reason": None,
+        "last_error": None,
     }
     log.create_run(row, [NewEvent(EventType.RUN_STARTED, "test", payload={"a": 1})], NOW)
 
@@ -54,7 +65,9 @@ def test_times_come_back_utc_aware_and_naive_ones_are_refused(saga_log: SagaLog)
 def test_due_runs_honour_leases_and_the_dispatch_grace(saga_log: SagaLog) -> None:
     new_run(saga_log, "fresh", "k1")
     new_run(saga_log, "leased", "k2")
-    saga_log.append("leased", 0, [], NOW, new_token=1, lease_owner="A", wake_at=NOW + timedelta(seconds=30))
+    saga_log.append(
+        "leased", 0, [], NOW, new_token=1, lease_owner="A", wake_at=NOW + timedelta(seconds=30)
+    )
     grace = timedelta(seconds=10)
     assert saga_log.due_runs(NOW + timedelta(seconds=5), grace) == []
     assert saga_log.due_runs(NOW + timedelta(seconds=11), grace) == ["fresh"]
