@@ -1,0 +1,59 @@
+"""The one place sagaledger reads environment variables: the CLI's settings.
+
+The library itself takes its configuration as explicit arguments (an
+:class:`~sagaledger.Orchestrator` is given its lease and grace); only the
+``sagaledger`` command and the processes it starts build a :class:`Settings`,
+so a service embedding the library is never configured behind its back.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Where runs are logged when nothing else is said: a SQLite file in the working directory.
+DEFAULT_STORE = "sqlite:///sagaledger.db"
+#: Every setting is read from ``SAGALEDGER_<NAME>`` (``SAGALEDGER_STORE``, ...).
+ENV_PREFIX = "SAGALEDGER_"
+
+
+class Settings(BaseSettings):
+    """Settings of the ``sagaledger`` command, from ``SAGALEDGER_*`` variables.
+
+    Values given to the constructor (the CLI's own options) win over the
+    environment, which wins over the defaults.
+
+    Attributes:
+        store: SQLAlchemy URL of the saga log.
+        threads: Worker threads, i.e. runs driven at once by one worker process.
+        lease_seconds: How long a run's lease lasts without renewal; a crashed
+            worker's runs are taken over this long after its last renewal.
+        recovery_interval_seconds: How often a worker looks in the log for due runs.
+        dispatch_grace_seconds: How long a newly due run may wait for its own
+            message before the recovery pass drives it anyway.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    store: str = Field(default=DEFAULT_STORE, min_length=1)
+    threads: int = Field(default=4, ge=1)
+    lease_seconds: float = Field(default=30, gt=0)
+    recovery_interval_seconds: float = Field(default=2, gt=0)
+    dispatch_grace_seconds: float = Field(default=10, ge=0)
+
+    @property
+    def lease(self) -> timedelta:
+        """``lease_seconds`` as a duration."""
+        return timedelta(seconds=self.lease_seconds)
+
+    @property
+    def recovery_interval(self) -> timedelta:
+        """``recovery_interval_seconds`` as a duration."""
+        return timedelta(seconds=self.recovery_interval_seconds)
+
+    @property
+    def dispatch_grace(self) -> timedelta:
+        """``dispatch_grace_seconds`` as a duration."""
+        return timedelta(seconds=self.dispatch_grace_seconds)

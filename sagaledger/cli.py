@@ -1,0 +1,375 @@
+"""The ``sagaledger`` command: migrate the store, inspect runs, run a worker, try the demo.
+
+Every command takes ``--store URL`` (or ``SAGALEDGER_STORE``; a SQLite file
+``sagaledger.db`` in the working directory by default). Errors a user can fix
+(an unknown run, a bad URL, a store that is not migrated) print one line,
+``error: ...``, on stderr and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, TypeVar
+
+import click
+from alembic.util.exc import CommandError
+from pydantic import ValidationError
+from rich.console import Console
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from sagaledger import _render
+from sagaledger._apps import AppNotFoundError, load_registry
+from sagaledger._errors import SagaLedgerError, StoreError, UnknownRunError
+from sagaledger._settings import DEFAULT_STORE, ENV_PREFIX, Settings
+from sagaledger.sagas import EmbeddedWorker, Orchestrator, Registry
+from sagaledger.store import (
+    EventType,
+    RunRecord,
+    RunStatus,
+    SagaLog,
+    create_store_engine,
+    current_revision,
+    head_revision,
+    upgrade,
+    utc_now,
+)
+from sagaledger.testing import CrashAt
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: People read tables on stdout; errors and worker chatter go to stderr.
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class CLIError(click.ClickException):
+    """An error the user can fix: printed as one ``error: ...`` line, exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _one_line(text: str) -> str:
+    # Driver messages (psycopg's in particular) span lines; the CLI promises one.
+    return " ".join(text.split())
+
+
+class _Group(click.Group):
+    """The root group: turns sagaledger's own errors into one-line messages."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SagaLedgerError as exc:
+            raise CLIError(_one_line(str(exc))) from None
+        except OperationalError as exc:
+            raise CLIError(_one_line(f"store unavailable: {exc.orig or exc}")) from None
+
+
+def store_option(command: F) -> F:
+    """The ``--store URL`` option every command takes."""
+    return click.option(
+        "--store",
+        metavar="URL",
+        default=None,
+        help=f"Saga log URL [env {ENV_PREFIX}STORE; default {DEFAULT_STORE}].",
+    )(command)
+
+
+def json_option(command: F) -> F:
+    """The ``--json`` flag of the inspection commands."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")(command)
+
+
+def load_settings(**options: Any) -> Settings:
+    """Settings from ``SAGALEDGER_*``, overridden by the options given on the command line.
+
+    Raises:
+        CLIError: an environment variable (or option) does not validate.
+    """
+    given = {name: value for name, value in options.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise CLIError(f"invalid setting: {problems}") from None
+
+
+@contextmanager
+def open_log(store: str) -> Iterator[SagaLog]:
+    """Open the saga log (migrating a SQLite file) and close it afterwards."""
+    log = SagaLog.open(store)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+@contextmanager
+def open_engine(store: str) -> Iterator[Engine]:
+    """An engine on ``store`` without the schema check (the ``db`` commands fix the schema)."""
+    engine = create_store_engine(store)
+    try:
+        yield engine
+    except CommandError as exc:
+        raise StoreError(f"migration failed: {exc}") from None
+    finally:
+        engine.dispose()
+
+
+# -- the commands ------------------------------------------------------------------
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="New here? Run `sagaledger demo`, then `sagaledger runs list`.",
+)
+@click.version_option(package_name="sagaledger")
+def cli() -> None:
+    """sagaledger: durable sagas with compensation, idempotency and audit built in."""
+
+
+@cli.group()
+def db() -> None:
+    """Create or migrate the saga log's schema."""
+
+
+@db.command("upgrade")
+@store_option
+def db_upgrade(store: str | None) -> None:
+    """Apply the pending migrations to the store."""
+    settings = load_settings(store=store)
+    with open_engine(settings.store) as engine:
+        before = current_revision(engine)
+        upgrade(engine)
+        after = current_revision(engine)
+    where = _render.display_url(settings.store)
+    if before == after:
+        console.print(f"{where}: already at schema {after} (head)")
+    else:
+        console.print(f"{where}: upgraded schema {before or 'none'} -> {after} (head)")
+
+
+@db.command("current")
+@store_option
+def db_current(store: str | None) -> None:
+    """Show the store's schema revision and whether it is the newest."""
+    settings = load_settings(store=store)
+    with open_engine(settings.store) as engine:
+        current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        console.print(f"{current} (head)")
+    else:
+        console.print(f"{current or 'none'} (head is {head}: run `sagaledger db upgrade`)")
+
+
+@cli.group()
+def runs() -> None:
+    """Inspect runs and their timelines."""
+
+
+@runs.command("list")
+@store_option
+@click.option(
+    "--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this status."
+)
+@click.option("--saga", metavar="NAME", help="Only runs of this saga.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many."
+)
+@json_option
+def runs_list(
+    store: str | None, status: str | None, saga: str | None, limit: int, as_json: bool
+) -> None:
+    """List runs, newest first."""
+    settings = load_settings(store=store)
+    with open_log(settings.store) as log:
+        found = log.list_runs(status=status, saga=saga, limit=limit)
+        # The run row keeps the step's index only; the name is in the log.
+        wanted = (EventType.RUN_STARTED, EventType.ATTEMPT_STARTED)
+        rows = [(run, _render.current_step(log.events(run.id, types=wanted))) for run in found]
+    if as_json:
+        click.echo(_render.dumps([_render.run_json(run, step) for run, step in rows]))
+    elif not rows:
+        console.print("no runs", style="dim")
+    else:
+        console.print(_render.runs_table(rows, utc_now()))
+
+
+@runs.command("show")
+@click.argument("run_id", metavar="RUN")
+@store_option
+@json_option
+def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
+    """Show a run and its timeline; RUN is its id or a unique prefix of it."""
+    settings = load_settings(store=store)
+    with open_log(settings.store) as log:
+        run = resolve_run(log, run_id)
+        events = log.events(run.id)
+    if as_json:
+        step = _render.current_step(events)
+        payload = {
+            "run": _render.run_json(run, step),
+            "events": [_render.event_json(e) for e in events],
+        }
+        click.echo(_render.dumps(payload))
+    else:
+        console.print(_render.run_view(run, events))
+
+
+def resolve_run(log: SagaLog, prefix: str) -> RunRecord:
+    """The run whose id is ``prefix`` or starts with it.
+
+    Raises:
+        UnknownRunError: no run matches.
+        CLIError: the prefix is empty or matches several runs.
+    """
+    wanted = prefix.strip().lower()
+    if not wanted:
+        raise CLIError("give a run id (or a unique prefix of one)")
+    # LIKE treats "_" as a wildcard: keep only true prefix matches.
+    matches = [m for m in log.find_runs(wanted) if m.startswith(wanted)]
+    if not matches:
+        raise UnknownRunError(prefix)
+    if wanted in matches:
+        return log.get_run(wanted)
+    if len(matches) > 1:
+        shown = ", ".join(m[: len(wanted) + 4] for m in matches)
+        raise CLIError(f"run prefix {prefix!r} is ambiguous: {shown}...; type more of the id")
+    return log.get_run(matches[0])
+
+
+@cli.command()
+@store_option
+@click.option(
+    "--app", required=True, metavar="MODULE:ATTR", help="Where the Registry (or sagas) is."
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help=f"Runs driven at once [env {ENV_PREFIX}THREADS]."
+)
+@click.option(
+    "--crash-at",
+    metavar="STEP:POINT[:PHASE[:ATTEMPT]]",
+    help="Testing aid: SIGKILL this worker at POINT (before_action, after_action or "
+    "after_checkpoint) of STEP, PHASE forward (default) or compensate, ATTEMPT 1 by default.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Level of sagaledger's own log messages.",
+)
+def worker(
+    store: str | None, app: str, threads: int | None, crash_at: str | None, log_level: str
+) -> None:
+    """Run sagas from the log until SIGTERM or SIGINT.
+
+    Lease, recovery interval and dispatch grace come from SAGALEDGER_LEASE_SECONDS,
+    SAGALEDGER_RECOVERY_INTERVAL_SECONDS and SAGALEDGER_DISPATCH_GRACE_SECONDS.
+
+    --crash-at is for crash-recovery tests: the worker kills itself with SIGKILL
+    at the point given (once), leaving the run exactly as a real crash would;
+    e.g. --crash-at charge_payment:after_action dies after the charge's effect,
+    before its checkpoint.
+    """
+    settings = load_settings(store=store, threads=threads)
+    # Our loggers at the chosen level; libraries' (alembic, dramatiq) only when it matters.
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("sagaledger").setLevel(log_level.upper())
+    try:
+        registry = load_registry(app)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--app") from None
+    except AppNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    hooks = [_crash_hook(crash_at, registry)] if crash_at else []
+    with open_log(settings.store) as log:
+        orchestrator = Orchestrator(
+            log, registry, hooks=hooks, lease=settings.lease, dispatch_grace=settings.dispatch_grace
+        )
+        embedded = EmbeddedWorker(
+            orchestrator, threads=settings.threads, recovery_interval=settings.recovery_interval
+        )
+        stopping = _stop_on_signals()
+        embedded.start()
+        try:
+            err_console.print(
+                f"worker {orchestrator.worker_id} ready: {registry.describe()} on "
+                f"{_render.display_url(settings.store)}, threads={settings.threads}"
+                + (f", will crash at {crash_at}" if crash_at else "")
+            )
+            while not stopping.wait(0.5):
+                pass
+            err_console.print(
+                f"worker {orchestrator.worker_id} stopping: finishing in-flight steps"
+            )
+        finally:
+            embedded.stop()
+    err_console.print(f"worker {orchestrator.worker_id} stopped")
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by the first SIGTERM or SIGINT; a second one stops the process at once."""
+    stopping = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+        # Restore the default, so an impatient second signal is not swallowed.
+        signal.signal(signum, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stopping
+
+
+def _crash_hook(spec: str, registry: Registry) -> CrashAt:
+    try:
+        hook = CrashAt.parse(spec, mode="sigkill")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--crash-at") from None
+    steps = sorted({s.name for saga in registry for s in saga.steps})
+    if hook.step not in steps:
+        raise click.BadParameter(
+            f"no step {hook.step!r}; steps are {', '.join(steps)}", param_hint="--crash-at"
+        )
+    return hook
+
+
+@cli.command(short_help="Watch a crashed run resume and a failed one unwind.")
+@store_option
+def demo(store: str | None) -> None:
+    """Crash a worker mid-saga, resume the run, and compensate a late failure.
+
+    Starts a worker process that SIGKILLs itself after charging a card, resumes
+    the run in this process (the charge is not applied twice), then runs an
+    order the ERP refuses, whose charge and reservation are undone in reverse.
+    The runs go to the same store as every other command; the demo's ledger is
+    a SQLite file next to it.
+    """
+    from sagaledger.demo._scenario import run_demo
+
+    settings = load_settings(store=store)
+    if not run_demo(settings.store, console):
+        raise SystemExit(1)
+
+
+def main() -> None:
+    """Entry point of the ``sagaledger`` console script."""
+    cli(prog_name="sagaledger")
