@@ -67,6 +67,7 @@ class CrashAt(Hooks):
         phase: The forward action or the compensation.
         attempt: Which attempt to crash (others pass).
         mode: ``raise`` a :class:`SimulatedCrash`, or ``sigkill`` this process.
+        run_id: Only crash in this run (any run by default).
     """
 
     def __init__(
@@ -77,11 +78,12 @@ class CrashAt(Hooks):
         phase: Phase | str = Phase.FORWARD,
         attempt: int = 1,
         mode: Literal["raise", "sigkill"] = "raise",
+        run_id: str | None = None,
     ):
         if point not in ("before_action", "after_action", "after_checkpoint"):
             raise ValueError(f"unknown crash point {point!r}")
         self.step, self.point, self.phase = step, point, Phase(phase)
-        self.attempt, self.mode = attempt, mode
+        self.attempt, self.mode, self.run_id = attempt, mode, run_id
         self.fired = False
 
     @classmethod
@@ -101,7 +103,11 @@ class CrashAt(Hooks):
         raise SimulatedCrash(f"simulated crash at {self.step}:{self.point}:{self.phase.value}")
 
     def _matches(self, call: ActionCall) -> bool:
-        return (call.step, call.phase, call.attempt) == (self.step, self.phase, self.attempt)
+        wanted = (self.step, self.phase, self.attempt)
+        return (call.step, call.phase, call.attempt) == wanted and self.run_id in (
+            None,
+            call.run_id,
+        )
 
     def before_action(self, call: ActionCall) -> None:
         if self.point == "before_action" and not self.fired and self._matches(call):
@@ -112,7 +118,7 @@ class CrashAt(Hooks):
             self._crash()
 
     def after_checkpoint(self, run_id: str, events: Any) -> None:
-        if self.point != "after_checkpoint" or self.fired:
+        if self.point != "after_checkpoint" or self.fired or self.run_id not in (None, run_id):
             return
         done = (
             EventType.STEP_COMPLETED

@@ -203,8 +203,8 @@ class RunDriver:
         self.outputs[step.name] = output
         if self.index + 1 == len(self.saga.steps):
             finish = NewEvent(EventType.RUN_COMPLETED, self.o.actor)
-            return self._finish([done, finish], RunStatus.COMPLETED)
-        return self._advance([done], RunStatus.RUNNING, self.index + 1)
+            return self._finish([done, finish], RunStatus.COMPLETED, last_error=None)
+        return self._advance([done], RunStatus.RUNNING, self.index + 1, last_error=None)
 
     def _backward(self) -> bool:
         step = self.saga.steps[self.index]
@@ -315,6 +315,7 @@ class RunDriver:
             events,
             status=status.value,
             step_index=index,
+            step=step.name,
             attempt=1,
             wake_at=self.o.clock() + self.o.lease,
             **changes,

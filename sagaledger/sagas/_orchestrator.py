@@ -168,6 +168,7 @@ class Orchestrator:
             "business_key": key if key is not None else run_id,
             "status": RunStatus.RUNNING.value,
             "step_index": 0,
+            "step": first_step.name,
             "attempt": 1,
             "input": data,
             "lease_owner": None,

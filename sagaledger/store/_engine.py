@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -35,8 +36,10 @@ def create_store_engine(url: str, **options: Any) -> Engine:
     url = normalise_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StoreError(f"malformed store URL {url!r}: {exc}") from None
+    except ArgumentError:
+        raise StoreError(
+            f"malformed store URL {_mask(url)!r}: expected sqlite:///FILE or postgresql://..."
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         engine = create_engine(
@@ -47,6 +50,11 @@ def create_store_engine(url: str, **options: Any) -> Engine:
     if backend == "postgresql":
         return create_engine(parsed, pool_size=10, max_overflow=20, **options)
     raise StoreError(f"unsupported store URL {url!r}: use sqlite:///FILE or postgresql://...")
+
+
+def _mask(url: str) -> str:
+    """Hide a password in a URL that could not be parsed."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -71,7 +71,7 @@ class SagaLog:
 
     def check_schema(self) -> None:
         """Raise :class:`SchemaNotReadyError` unless the schema is at the newest migration."""
-        current, head = _migrate.current_revision(self.engine), _migrate.head_revision()
+        current, head = _migrate.current_revision(self.engine), _migrate.SCHEMA_REVISION
         if current != head:
             raise SchemaNotReadyError(
                 f"store {self.engine.url!r} is at schema {current or 'none'}, this code needs "
@@ -180,7 +180,7 @@ class SagaLog:
 
     def find_runs(self, prefix: str) -> list[str]:
         """Return the ids of runs starting with ``prefix`` (for short ids typed by people)."""
-        query = select(runs.c.id).where(runs.c.id.like(prefix.replace("%", "") + "%")).limit(5)
+        query = select(runs.c.id).where(runs.c.id.startswith(prefix, autoescape=True)).limit(5)
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
@@ -270,6 +270,7 @@ def _run(row: Row[Any]) -> RunRecord:
         business_key=m["business_key"],
         status=RunStatus(m["status"]),
         step_index=m["step_index"],
+        step=m["step"],
         attempt=m["attempt"],
         input=m["input"],
         lease_owner=m["lease_owner"],

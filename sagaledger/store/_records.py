@@ -67,6 +67,7 @@ class RunRecord:
     business_key: str
     status: RunStatus
     step_index: int
+    step: str
     attempt: int
     input: dict[str, Any]
     lease_owner: str | None

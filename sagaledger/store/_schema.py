@@ -64,6 +64,7 @@ runs = Table(
     Column("business_key", String(200), nullable=False),
     Column("status", String(20), nullable=False),
     Column("step_index", Integer, nullable=False),
+    Column("step", String(100), nullable=False),  # name of the step at step_index
     Column("attempt", Integer, nullable=False),
     Column("input", Payload, nullable=False),
     Column("lease_owner", String(200)),

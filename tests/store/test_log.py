@@ -27,6 +27,7 @@ def new_run(log: SagaLog, run_id: str = "r1", key: str = "k1") -> None:
         "business_key": key,
         "status": "running",
         "step_index": 0,
+        "step": "a",
         "attempt": 1,
         "input": {"a": 1},
         "lease_owner": None,
@@ -114,3 +115,16 @@ def test_sqlite_is_tuned_for_durability(sqlite_url: str) -> None:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
     engine.dispose()
+
+
+def test_the_schema_revision_the_code_checks_is_the_newest_migration() -> None:
+    from sagaledger.store import head_revision
+    from sagaledger.store._migrate import SCHEMA_REVISION
+
+    assert head_revision() == SCHEMA_REVISION
+
+
+def test_a_short_id_prefix_matches_literally(saga_log: SagaLog) -> None:
+    new_run(saga_log, "ab_1", "k1")
+    new_run(saga_log, "abx2", "k2")
+    assert saga_log.find_runs("ab_") == ["ab_1"]

@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("business_key", sa.String(200), nullable=False),
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("step_index", sa.Integer, nullable=False),
+        sa.Column("step", sa.String(100), nullable=False),
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("input", Payload, nullable=False),
         sa.Column("lease_owner", sa.String(200)),
