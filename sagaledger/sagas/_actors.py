@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from datetime import timedelta
 from typing import Any
@@ -42,8 +43,9 @@ def declare_actors(
     )(drive_run)
 
     def send(run_id: str, delay: timedelta | None) -> None:
-        ms = int(delay.total_seconds() * 1000) if delay else None
-        actor.send_with_options(args=(run_id,), delay=ms if ms and ms > 0 else None)
+        # Round up: a message that arrives before the run's wake-up time is early.
+        ms = math.ceil(delay.total_seconds() * 1000) + 1 if delay else 0
+        actor.send_with_options(args=(run_id,), delay=ms if ms > 1 else None)
 
     orchestrator.set_dispatcher(send)
     return actor

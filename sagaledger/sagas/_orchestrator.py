@@ -191,6 +191,13 @@ class Orchestrator:
         run, created = self.log.create_run(row, [started], now)
         if created:
             self.dispatch(run.id)
+        elif run.input != data:
+            logger.warning(
+                "saga %r key %r: run %s already exists with a different input; returning it",
+                definition.name,
+                run.business_key,
+                run.id,
+            )
         return run
 
     # -- driving --------------------------------------------------------------
@@ -199,7 +206,9 @@ class Orchestrator:
         """Claim ``run_id`` if it is due and run its ready work (the actors' body).
 
         A message for a run that is not due (a duplicate, or one that arrived
-        while another worker holds the lease) is dropped: the log decides.
+        while another worker holds the lease) is dropped: the log decides. One
+        that arrives a little before a back-off ends (clocks of two machines
+        differ) is sent again for the remaining time.
         """
         try:
             run = self.log.get_run(run_id)
@@ -207,7 +216,12 @@ class Orchestrator:
             logger.warning("asked to drive unknown run %s; ignored", run_id)
             return
         now = self.clock()
-        if not run.status.active or run.wake_at is None or run.wake_at > now:
+        if not run.status.active or run.wake_at is None:
+            return
+        if run.wake_at > now:
+            early = run.wake_at - now
+            if run.lease_owner is None and early <= self.dispatch_grace:
+                self.dispatch(run.id, early)
             return
         saga = self.registry.find(run.saga_name, run.saga_version)
         if saga is None or saga.fingerprint != run.fingerprint:

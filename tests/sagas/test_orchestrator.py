@@ -506,3 +506,21 @@ def test_a_run_waits_visibly_for_a_worker_with_its_version(store_url: str, ledge
     assert right.log.get_run(run.id).status is RunStatus.COMPLETED
     assert right.log.get_run(run.id).blocked_reason is None
     right.close()
+
+
+def test_a_message_that_arrives_before_the_back_off_ends_is_sent_again(
+    harness: SagaHarness, ledger: str
+) -> None:
+    run = harness.run(order_saga, order(ledger, flaky={"reserve_inventory": 1}))
+    wake_at = harness.log.get_run(run.id).wake_at
+    assert wake_at is not None
+    sent: list[tuple[str, timedelta | None]] = []
+    harness.orchestrator.set_dispatcher(lambda run_id, delay: sent.append((run_id, delay)))
+
+    # When a message for the run arrives 5 ms before its back-off ends
+    harness.clock.now = wake_at - timedelta(milliseconds=5)
+    harness.orchestrator.drive(run.id)
+
+    # Then nothing runs early, and the message is sent again for the rest of the wait
+    assert sent == [(run.id, timedelta(milliseconds=5))]
+    assert len(ledger_app.calls(ledger)) == 1
