@@ -58,13 +58,8 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
-def run_json(run: RunRecord, step: str | None) -> dict[str, Any]:
-    """Everything the log holds about a run, as JSON-ready values.
-
-    Args:
-        run: The run.
-        step: The name of the step the run is at (see :func:`current_step`).
-    """
+def run_json(run: RunRecord) -> dict[str, Any]:
+    """Everything the log holds about a run, as JSON-ready values."""
     return {
         "id": run.id,
         "saga": run.saga_name,
@@ -73,7 +68,7 @@ def run_json(run: RunRecord, step: str | None) -> dict[str, Any]:
         "business_key": run.business_key,
         "status": run.status.value,
         "step_index": run.step_index,
-        "step": step,
+        "step": run.step,
         "attempt": run.attempt,
         "input": run.input,
         "lease_owner": run.lease_owner,
@@ -117,20 +112,6 @@ def dumps(value: Any) -> str:
 
 
 # -- summaries --------------------------------------------------------------------
-
-
-def current_step(events: Sequence[EventRecord]) -> str | None:
-    """The step a run is at (or ended on), from its ``run_started``/``attempt_started`` events.
-
-    The run row only keeps the step's index; its name is in the log.
-    """
-    for event in reversed(events):
-        if event.type is EventType.ATTEMPT_STARTED and event.step is not None:
-            return event.step
-        if event.type is EventType.RUN_STARTED and isinstance(event.payload, dict):
-            first = event.payload.get("first_step")
-            return str(first) if first is not None else None
-    return None
 
 
 def run_note(run: RunRecord) -> str:
@@ -205,7 +186,7 @@ class RunsTable:
     step and the note on a second, indented line.
 
     Args:
-        runs: Each run with the name of its current step.
+        runs: The runs.
         now: The time ages are counted from.
     """
 
@@ -213,7 +194,7 @@ class RunsTable:
     NOTE_MIN = 30
     _HEADERS = ("run", "status", "saga", "business key", "step", "att", "updated")
 
-    def __init__(self, runs: Sequence[tuple[RunRecord, str | None]], now: datetime):
+    def __init__(self, runs: Sequence[RunRecord], now: datetime):
         self.runs = list(runs)
         self.now = now
 
@@ -224,11 +205,11 @@ class RunsTable:
                 run.status.value,
                 f"{run.saga_name} v{run.saga_version}",
                 run.business_key,
-                step or "",
+                run.step,
                 str(run.attempt),
                 age(run.updated_at, self.now),
             )
-            for run, step in self.runs
+            for run in self.runs
         ]
         widths = _widths(self._HEADERS, rows)
         if sum(widths) + 2 * len(widths) + self.NOTE_MIN <= options.max_width:
@@ -236,7 +217,7 @@ class RunsTable:
             return
         first = (0, 1, 2, 3, 6)  # run, status, saga, key, updated
         yield _line([self._HEADERS[i] for i in first], [widths[i] for i in first], ["bold"] * 5)
-        for (run, _), row in zip(self.runs, rows, strict=True):
+        for run, row in zip(self.runs, rows, strict=True):
             styles = ["bold", STATUS_STYLES.get(run.status, ""), "", "", "dim"]
             yield _line([row[i] for i in first], [widths[i] for i in first], styles)
             second = Text(f"step {row[4]}, attempt {row[5]}")
@@ -250,7 +231,7 @@ class RunsTable:
         for header in self._HEADERS:
             table.add_column(header, no_wrap=True, justify="right" if header == "att" else "left")
         table.add_column("note", overflow="fold", ratio=1)
-        for (run, _), row in zip(self.runs, rows, strict=True):
+        for run, row in zip(self.runs, rows, strict=True):
             table.add_row(
                 Text(row[0], style="bold"),
                 Text(row[1], style=STATUS_STYLES.get(run.status, "")),
@@ -265,12 +246,12 @@ def _note_style(run: RunRecord) -> str:
     return "red" if run.status is RunStatus.PARKED or run.blocked_reason else "dim"
 
 
-def runs_table(runs: Sequence[tuple[RunRecord, str | None]], now: datetime) -> RunsTable:
+def runs_table(runs: Sequence[RunRecord], now: datetime) -> RunsTable:
     """Runs for ``sagaledger runs list`` (see :class:`RunsTable`)."""
     return RunsTable(runs, now)
 
 
-def run_header(run: RunRecord, step: str | None) -> Panel:
+def run_header(run: RunRecord) -> Panel:
     """A panel with what the run row says: identity, status, position, lease, problems."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -280,7 +261,9 @@ def run_header(run: RunRecord, step: str | None) -> Panel:
     grid.add_row("business key", run.business_key)
     status = status_text(run.status)
     if run.status.active:
-        status.append(f"  at {step or f'step #{run.step_index}'}, attempt {run.attempt}", style="")
+        status.append(
+            f"  at {run.step or f'step #{run.step_index}'}, attempt {run.attempt}", style=""
+        )
     grid.add_row("status", status)
     if run.lease_owner is not None:
         grid.add_row(
@@ -401,7 +384,7 @@ def timeline(events: Sequence[EventRecord]) -> Timeline:
 
 def run_view(run: RunRecord, events: Sequence[EventRecord]) -> RenderableType:
     """The header and the timeline of a run, as ``sagaledger runs show`` prints them."""
-    return Group(run_header(run, current_step(events)), timeline(events))
+    return Group(run_header(run), timeline(events))
 
 
 # -- helpers ---------------------------------------------------------------------

@@ -30,7 +30,6 @@ from sagaledger._errors import SagaLedgerError, StoreError, UnknownRunError
 from sagaledger._settings import DEFAULT_STORE, ENV_PREFIX, Settings
 from sagaledger.sagas import EmbeddedWorker, Orchestrator, Registry
 from sagaledger.store import (
-    EventType,
     RunRecord,
     RunStatus,
     SagaLog,
@@ -197,15 +196,12 @@ def runs_list(
     settings = load_settings(store=store)
     with open_log(settings.store) as log:
         found = log.list_runs(status=status, saga=saga, limit=limit)
-        # The run row keeps the step's index only; the name is in the log.
-        wanted = (EventType.RUN_STARTED, EventType.ATTEMPT_STARTED)
-        rows = [(run, _render.current_step(log.events(run.id, types=wanted))) for run in found]
     if as_json:
-        click.echo(_render.dumps([_render.run_json(run, step) for run, step in rows]))
-    elif not rows:
+        click.echo(_render.dumps([_render.run_json(run) for run in found]))
+    elif not found:
         console.print("no runs", style="dim")
     else:
-        console.print(_render.runs_table(rows, utc_now()))
+        console.print(_render.runs_table(found, utc_now()))
 
 
 @runs.command("show")
@@ -219,9 +215,8 @@ def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
         run = resolve_run(log, run_id)
         events = log.events(run.id)
     if as_json:
-        step = _render.current_step(events)
         payload = {
-            "run": _render.run_json(run, step),
+            "run": _render.run_json(run),
             "events": [_render.event_json(e) for e in events],
         }
         click.echo(_render.dumps(payload))

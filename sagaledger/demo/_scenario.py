@@ -204,7 +204,7 @@ class _Demo:
         grid.add_row("checkpointed", "reserve_inventory")
         grid.add_row(
             "in flight",
-            f"{_render.current_step(events)}, attempt {run.attempt} (no outcome recorded)",
+            f"{run.step}, attempt {run.attempt} (no outcome recorded)",
         )
         grid.add_row("lease", f"held by dead {run.lease_owner}, expires {_clock(run.wake_at)}")
         grid.add_row("ledger", f"charge {charges[0].ref} applied, but the log does not know it")
