@@ -38,9 +38,9 @@ EXPECTED = {
         "step",
     ],
     sagaledger.sagas: [
+        "DRIVE_ACTOR",
         "ActionCall",
         "CompensationContext",
-        "DRIVE_ACTOR",
         "EmbeddedWorker",
         "Hooks",
         "Maintenance",
@@ -76,9 +76,9 @@ EXPECTED = {
 }
 
 
-def test_each_package_exports_a_sorted_pinned_list() -> None:
+def test_each_package_exports_a_pinned_list() -> None:
+    # The order is ruff's (RUF022: constants, classes, then functions, each sorted).
     for module, names in EXPECTED.items():
-        assert module.__all__ == sorted(module.__all__), module.__name__
         assert module.__all__ == names, module.__name__
         for name in names:
             assert hasattr(module, name), f"{module.__name__}.{name}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -81,20 +82,22 @@ class Maintenance:
             self._thread.join()
 
     def _loop(self) -> None:
-        next_recovery = 0.0
-        elapsed = 0.0
-        tick = min(self.renew_interval, self.recovery_interval)
+        next_renewal = next_recovery = time.monotonic()
         while not self._stop.is_set():
+            now = time.monotonic()
             try:
-                self.orchestrator.leases.renew()
-                if elapsed >= next_recovery:
+                if now >= next_renewal:
+                    self.orchestrator.leases.renew()
+                    next_renewal = now + self.renew_interval
+                if now >= next_recovery:
                     self.orchestrator.recover()
-                    next_recovery = elapsed + self.recovery_interval
+                    next_recovery = now + self.recovery_interval
             except Exception:
                 # A database blip must not kill the thread; the next tick retries.
-                logger.exception("maintenance pass failed; retrying")
-            self._stop.wait(tick)
-            elapsed += tick
+                logger.exception("maintenance pass failed; retrying in a second")
+                next_renewal = max(next_renewal, now + 1.0)
+                next_recovery = max(next_recovery, now + 1.0)
+            self._stop.wait(max(0.0, min(next_renewal, next_recovery) - time.monotonic()))
 
 
 class MaintenanceMiddleware(dramatiq.Middleware):

@@ -117,7 +117,8 @@ class RunDriver:
             return False
         self.token = new_token
         self.o.leases.hold(self.run_id, self.token, now, step.timeout)
-        self._load_history()
+        if run.last_seq > 1:  # beyond run_started there may be outputs to load
+            self._load_history()
         return True
 
     def _load_history(self) -> None:

@@ -5,14 +5,20 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sagaledger._errors import StoreError
 
+_READ_ONLY = "sagaledger_read_only"
 #: How long a SQLite writer waits for the lock before giving up (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def read(engine: Engine) -> Connection:
+    """A connection for reading: on SQLite its transactions take no write lock."""
+    return engine.connect().execution_options(**{_READ_ONLY: True})
 
 
 def normalise_url(url: str) -> str:
@@ -72,4 +78,6 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front; readers need no lock in WAL mode.
+        reading = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sagaledger._errors import SchemaNotReadyError, StoreError, UnknownRunError
 from sagaledger.store import _migrate
-from sagaledger.store._engine import create_store_engine
+from sagaledger.store._engine import create_store_engine, read
 from sagaledger.store._records import (
     ACTIVE_STATUSES,
     EventRecord,
@@ -93,18 +93,17 @@ class SagaLog:
             The run, and True when this call created it.
         """
         row = {**run, "last_seq": len(first), "created_at": now, "updated_at": now}
+        event_rows = _event_rows(run["id"], 1, first, run["lease_token"], now)
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(runs), row)
-                conn.execute(
-                    insert(events), _event_rows(run["id"], 1, first, run["lease_token"], now)
-                )
+                conn.execute(insert(events), event_rows)
         except IntegrityError:
             existing = self.find_by_key(run["saga_name"], run["business_key"])
             if existing is None:
                 raise
             return existing, False
-        return self.get_run(run["id"]), True
+        return _run(row), True
 
     def append(
         self,
@@ -163,7 +162,7 @@ class SagaLog:
         Raises:
             UnknownRunError: no such run.
         """
-        with self.engine.connect() as conn:
+        with read(self.engine) as conn:
             row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
         if row is None:
             raise UnknownRunError(run_id)
@@ -174,14 +173,14 @@ class SagaLog:
         query = select(runs).where(
             runs.c.saga_name == saga_name, runs.c.business_key == business_key
         )
-        with self.engine.connect() as conn:
+        with read(self.engine) as conn:
             row = conn.execute(query).first()
         return _run(row) if row is not None else None
 
     def find_runs(self, prefix: str) -> list[str]:
         """Return the ids of runs starting with ``prefix`` (for short ids typed by people)."""
         query = select(runs.c.id).where(runs.c.id.startswith(prefix, autoescape=True)).limit(5)
-        with self.engine.connect() as conn:
+        with read(self.engine) as conn:
             return list(conn.execute(query).scalars())
 
     def list_runs(
@@ -197,13 +196,13 @@ class SagaLog:
             query = query.where(runs.c.status == status)
         if saga is not None:
             query = query.where(runs.c.saga_name == saga)
-        with self.engine.connect() as conn:
+        with read(self.engine) as conn:
             return [_run(row) for row in conn.execute(query)]
 
     def count_runs(self) -> dict[str, int]:
         """Return the number of runs in each status."""
         query = select(runs.c.status, func.count()).group_by(runs.c.status)
-        with self.engine.connect() as conn:
+        with read(self.engine) as conn:
             return {status: count for status, count in conn.execute(query)}
 
     def events(self, run_id: str, *, types: Sequence[EventType] | None = None) -> list[EventRecord]:
@@ -211,7 +210,7 @@ class SagaLog:
         query = select(events).where(events.c.run_id == run_id).order_by(events.c.seq)
         if types is not None:
             query = query.where(events.c.type.in_([t.value for t in types]))
-        with self.engine.connect() as conn:
+        with read(self.engine) as conn:
             return [_event(row) for row in conn.execute(query)]
 
     def due_runs(self, now: datetime, dispatch_grace: timedelta, limit: int = 500) -> list[str]:
@@ -235,7 +234,7 @@ class SagaLog:
             .order_by(runs.c.wake_at)
             .limit(limit)
         )
-        with self.engine.connect() as conn:
+        with read(self.engine) as conn:
             return list(conn.execute(query).scalars())
 
 
@@ -260,8 +259,8 @@ def _event_rows(
     ]
 
 
-def _run(row: Row[Any]) -> RunRecord:
-    m = row._mapping
+def _run(row: Row[Any] | dict[str, Any]) -> RunRecord:
+    m = row if isinstance(row, dict) else row._mapping
     return RunRecord(
         id=m["id"],
         saga_name=m["saga_name"],

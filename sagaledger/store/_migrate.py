@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Column, Engine, MetaData, String, Table, inspect, select
 
+from sagaledger.store._engine import read
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -40,7 +42,7 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The migration the database is at, or None for an empty database."""
-    with engine.connect() as connection:
+    with read(engine) as connection:
         if not inspect(connection).has_table(VERSION_TABLE):
             return None
         return connection.execute(select(_versions.c.version_num)).scalar()
