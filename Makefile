@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sagaledger demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sagaledger
+	$(VENV)/bin/ruff check sagaledger tests benchmarks examples
 	$(VENV)/bin/mypy
 
 test: $(STAMP)

@@ -194,8 +194,10 @@ class PostgresServer:
 
     def conninfo(self, dbname: str | None = None) -> str:
         """libpq connection string for ``psycopg.connect`` (defaults to :attr:`dbname`)."""
-        return (f"host=127.0.0.1 port={self.port} user={PG_SUPERUSER} "
-                f"dbname={dbname or self.dbname} connect_timeout=5")
+        return (
+            f"host=127.0.0.1 port={self.port} user={PG_SUPERUSER} "
+            f"dbname={dbname or self.dbname} connect_timeout=5"
+        )
 
     @property
     def pid(self) -> int | None:
@@ -234,7 +236,8 @@ class PostgresServer:
             if not bind_failed or attempt == 1:
                 self.kill()
                 raise RuntimeError(
-                    f"PostgreSQL failed to start on port {self.port}:\n{_tail(self.logfile)}")
+                    f"PostgreSQL failed to start on port {self.port}:\n{_tail(self.logfile)}"
+                )
             if first:
                 self.port = _free_port()
             else:
@@ -248,8 +251,9 @@ class PostgresServer:
         if pid is None:
             return
         children = _children(pid)
-        res = self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop",
-                        check=False)
+        res = self._run(
+            "pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop", check=False
+        )
         if res.returncode != 0:
             os.kill(pid, signal.SIGKILL)
         _wait_dead([pid, *children])
@@ -322,15 +326,40 @@ class PostgresServer:
                 os.chown(path, pw.pw_uid, pw.pw_gid)
         # -A trust covers both local socket and 127.0.0.1 host lines in pg_hba.conf;
         # --no-sync because a lost test cluster just gets recreated.
-        self._run("initdb", "-D", str(self.datadir), "-U", PG_SUPERUSER, "-A", "trust",
-                  "-E", "UTF8", "--locale=C", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-U",
+            PG_SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
 
     def _try_start(self) -> bool:
         assert self.tmpdir is not None
-        opts = (f"-p {self.port} -k {self.tmpdir / 'sock'} -c listen_addresses=127.0.0.1 "
-                "-c shared_buffers=32MB -c max_connections=200")
-        res = self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-o", opts,
-                        "-w", "-t", str(int(READY_TIMEOUT)), "start", check=False)
+        opts = (
+            f"-p {self.port} -k {self.tmpdir / 'sock'} -c listen_addresses=127.0.0.1 "
+            "-c shared_buffers=32MB -c max_connections=200"
+        )
+        res = self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.logfile),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            str(int(READY_TIMEOUT)),
+            "start",
+            check=False,
+        )
         return res.returncode == 0
 
     def _wait_ready(self) -> None:
@@ -342,8 +371,10 @@ class PostgresServer:
                 return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"PostgreSQL on port {self.port} not ready after "
-                                       f"{READY_TIMEOUT}s: {exc}\n{_tail(self.logfile)}") from exc
+                    raise RuntimeError(
+                        f"PostgreSQL on port {self.port} not ready after "
+                        f"{READY_TIMEOUT}s: {exc}\n{_tail(self.logfile)}"
+                    ) from exc
                 time.sleep(0.05)
 
 
@@ -466,17 +497,28 @@ class RedisServer:
     def _try_start(self) -> str | None:
         """Launch and wait for PING; return None on success, else an error message."""
         assert self.tmpdir is not None and self.port is not None
-        cmd = [str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1",
-               "--save", "", "--dir", str(self.tmpdir)]
+        cmd = [
+            str(REDIS_SERVER),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.tmpdir),
+        ]
         if self.appendonly:
             cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
             cmd += ["--appendonly", "no"]
         with open(self.logfile, "ab") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1,
-                             socket_timeout=1)
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=1
+        )
         deadline = time.monotonic() + READY_TIMEOUT
         try:
             while True:
@@ -491,8 +533,10 @@ class RedisServer:
                     pass
                 if time.monotonic() > deadline:
                     self.kill()
-                    return (f"redis-server on port {self.port} not ready after "
-                            f"{READY_TIMEOUT}s:\n{_tail(self.logfile)}")
+                    return (
+                        f"redis-server on port {self.port} not ready after "
+                        f"{READY_TIMEOUT}s:\n{_tail(self.logfile)}"
+                    )
                 time.sleep(0.02)
         finally:
             client.close()

@@ -66,10 +66,8 @@ def main() -> None:
             for run in (good, bad):
                 finished = worker.wait(run.id)
                 print(f"run {finished.business_key}: {finished.status.value}")
-                for event in log.events(run.id):
-                    print(
-                        f"  {event.seq:>2} {event.type.value:<24} {event.step or '':<8} {event.phase or ''}"
-                    )
+                for e in log.events(run.id):
+                    print(f"  {e.seq:>2} {e.type.value:<24} {e.step or '':<8} {e.phase or ''}")
         log.close()
     print("charges:", charges)
 
