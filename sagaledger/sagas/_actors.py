@@ -33,7 +33,11 @@ def declare_actors(
     """
 
     def drive_run(run_id: str) -> None:
-        orchestrator.drive(run_id)
+        try:
+            orchestrator.drive(run_id)
+        except Exception:
+            # The log still says the run is due; the recovery pass drives it again.
+            logger.exception("driving run %s failed; recovery will drive it again", run_id)
 
     actor = dramatiq.actor(
         broker=broker,

@@ -140,10 +140,8 @@ class RunDriver:
     def run(self) -> None:
         """Run ready steps until the run finishes, waits, or the lease is lost."""
         try:
-            while self.status.active:
-                moved_on = self._forward() if self.status is RunStatus.RUNNING else self._backward()
-                if not moved_on:
-                    return
+            while self.status.active and self._attempt():
+                pass
         finally:
             self.o.leases.release(self.run_id, self.token)
 
@@ -165,88 +163,72 @@ class RunDriver:
             idempotency_key(self.run_id, step.name, self.phase.value),
         )
 
-    def _forward(self) -> bool:
+    def _attempt(self) -> bool:
+        """Run one attempt of the current action or compensation; True to go on."""
         step = self.saga.steps[self.index]
-        if self.attempt > step.retry.max_attempts:
-            return self._failed(step, _lost_attempt(self.attempt - 1), None)
+        if self.attempt > self._policy(step).max_attempts:
+            return self._failed(step, _lost_attempt(self.attempt - 1))
         call = self._call(step)
-        ctx = StepContext(
-            run_id=self.run_id,
-            saga=self.saga.name,
-            version=self.saga.version,
-            step=step.name,
-            attempt=self.attempt,
-            idempotency_key=call.idempotency_key,
-            input=self.input,
-            outputs=dict(self.outputs),
-        )
         started = time.perf_counter()
-        via_probe = False
         try:
             self.o.hooks.before_action(call)
-            output = None
-            safety = step.retry_safety
-            if self.attempt > 1 and safety is not None and safety.kind is RetrySafetyKind.PROBE:
-                assert safety.probe_fn is not None
-                output = safety.probe_fn(ctx)
-                via_probe = output is not None
-            if not via_probe:
-                output = step.action(ctx)
-            output = to_json(output)
+            if self.phase is Phase.FORWARD:
+                result, via_probe = self._act(step, call)
+            else:
+                result, via_probe = self._compensate(step, call), False
         except Exception as exc:
             self.o.hooks.action_failed(call, exc)
-            return self._failed(step, exc, call)
-        self.o.hooks.after_action(call, output)
-        payload = {"output": output, "duration_ms": _ms_since(started), "via_probe": via_probe}
-        done = NewEvent(
-            EventType.STEP_COMPLETED, self.o.actor, step.name, Phase.FORWARD, self.attempt, payload
-        )
-        self.outputs[step.name] = output
+            return self._failed(step, exc)
+        self.o.hooks.after_action(call, result)
+        took = _ms_since(started)
+        if self.phase is Phase.COMPENSATE:
+            payload = {"result": result, "duration_ms": took}
+            self.compensated.add(step.name)
+            done = self._event(EventType.COMPENSATION_COMPLETED, step, payload)
+            return self._unwind([done])
+        payload = {"output": result, "duration_ms": took, "via_probe": via_probe}
+        done = self._event(EventType.STEP_COMPLETED, step, payload)
+        self.outputs[step.name] = result
         if self.index + 1 == len(self.saga.steps):
             finish = NewEvent(EventType.RUN_COMPLETED, self.o.actor)
             return self._finish([done, finish], RunStatus.COMPLETED, last_error=None)
         return self._advance([done], RunStatus.RUNNING, self.index + 1, last_error=None)
 
-    def _backward(self) -> bool:
-        step = self.saga.steps[self.index]
-        if self.attempt > step.compensation_retry.max_attempts:
-            return self._failed(step, _lost_attempt(self.attempt - 1), None)
-        call = self._call(step)
-        ctx = CompensationContext(
-            run_id=self.run_id,
-            saga=self.saga.name,
-            version=self.saga.version,
-            step=step.name,
-            attempt=self.attempt,
-            idempotency_key=call.idempotency_key,
-            input=self.input,
-            output=self.outputs.get(step.name),
-            reason=self.reason,
-        )
-        started = time.perf_counter()
-        try:
-            self.o.hooks.before_action(call)
-            assert step.compensate is not None
-            result = to_json(step.compensate(ctx))
-        except Exception as exc:
-            self.o.hooks.action_failed(call, exc)
-            return self._failed(step, exc, call)
-        self.o.hooks.after_action(call, result)
-        payload = {"result": result, "duration_ms": _ms_since(started)}
-        done = NewEvent(
-            EventType.COMPENSATION_COMPLETED,
-            self.o.actor,
-            step.name,
-            Phase.COMPENSATE,
-            self.attempt,
-            payload,
-        )
-        self.compensated.add(step.name)
-        return self._unwind([done])
+    def _act(self, step: Step, call: ActionCall) -> tuple[Any, bool]:
+        """Run the forward action (or find, by probe, that it already landed)."""
+        ctx = StepContext(**self._context_fields(call), outputs=dict(self.outputs))
+        safety = step.retry_safety
+        if self.attempt > 1 and safety is not None and safety.kind is RetrySafetyKind.PROBE:
+            assert safety.probe_fn is not None
+            landed = safety.probe_fn(ctx)
+            if landed is not None:
+                return to_json(landed), True
+        return to_json(step.action(ctx)), False
+
+    def _compensate(self, step: Step, call: ActionCall) -> Any:
+        """Run the compensation with the output its forward step recorded."""
+        assert step.compensate is not None
+        output = self.outputs.get(step.name)
+        ctx = CompensationContext(**self._context_fields(call), output=output, reason=self.reason)
+        return to_json(step.compensate(ctx))
+
+    def _context_fields(self, call: ActionCall) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "saga": self.saga.name,
+            "version": self.saga.version,
+            "step": call.step,
+            "attempt": self.attempt,
+            "idempotency_key": call.idempotency_key,
+            "input": self.input,
+        }
+
+    def _event(self, kind: EventType, step: Step, payload: Any) -> NewEvent:
+        return NewEvent(kind, self.o.actor, step.name, self.phase, self.attempt, payload)
 
     # -- outcomes -------------------------------------------------------------
 
-    def _failed(self, step: Step, exc: BaseException, call: ActionCall | None) -> bool:
+    def _failed(self, step: Step, exc: BaseException) -> bool:
         policy = self._policy(step)
         permanent = is_non_retryable(exc, policy)
         error = describe_error(exc, retryable=not permanent)
