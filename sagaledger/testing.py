@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from sagaledger.sagas import ActionCall, Hooks, Orchestrator, Registry, Saga
+from sagaledger.sagas._dispatch import Dispatch
 from sagaledger.sagas._leases import LeaseKeeper
 from sagaledger.store import EventRecord, EventType, Phase, RunRecord, RunStatus, SagaLog
 
@@ -164,8 +165,8 @@ class SagaHarness:
         self.orchestrator.set_dispatcher(self._enqueue)
         self._queue: list[tuple[datetime, str]] = []
 
-    def _enqueue(self, run_id: str, delay: timedelta | None) -> None:
-        self._queue.append((self.clock() + (delay or timedelta(0)), run_id))
+    def _enqueue(self, request: Dispatch) -> None:
+        self._queue.append((self.clock() + (request.delay or timedelta(0)), request.run_id))
 
     def start(
         self, saga: Saga | str, input: BaseModel | dict[str, Any], **options: Any

@@ -11,6 +11,7 @@ from typing import Any
 
 import dramatiq
 
+from sagaledger.sagas._dispatch import Dispatch, queue_for
 from sagaledger.sagas._orchestrator import Orchestrator
 
 logger = logging.getLogger("sagaledger.worker")
@@ -28,8 +29,11 @@ def declare_actors(
 ) -> dramatiq.Actor[[str], None]:
     """Declare the drive actor on ``broker`` and route the orchestrator's dispatches to it.
 
-    Dramatiq's own retries stay off: a failed drive is retried from the log by the
-    recovery pass, never from a message that only the broker remembers.
+    Each saga version has a queue of its own, and this declares the queues of the
+    versions the orchestrator's registry has: a worker consumes those, so a run
+    only ever reaches a worker that has its version. Dramatiq's own retries stay
+    off: a failed drive is retried from the log by the recovery pass, never from
+    a message that only the broker remembers.
     """
 
     def drive_run(run_id: str) -> None:
@@ -47,10 +51,20 @@ def declare_actors(
         time_limit=_NO_TIME_LIMIT,
     )(drive_run)
 
-    def send(run_id: str, delay: timedelta | None) -> None:
+    for saga in orchestrator.registry:
+        broker.declare_queue(queue_for(queue, saga.name, saga.version))
+
+    def send(request: Dispatch) -> None:
+        target = queue_for(queue, request.saga, request.version)
+        if target not in broker.get_declared_queues():
+            broker.declare_queue(target)
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=target, actor_name=DRIVE_ACTOR, args=(request.run_id,), kwargs={}, options={}
+        )
         # Round up: a message that arrives before the run's wake-up time is early.
+        delay = request.delay
         ms = math.ceil(delay.total_seconds() * 1000) + 1 if delay else 0
-        actor.send_with_options(args=(run_id,), delay=ms if ms > 1 else None)
+        broker.enqueue(message, delay=ms if ms > 1 else None)
 
     orchestrator.set_dispatcher(send)
     return actor

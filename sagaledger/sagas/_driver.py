@@ -20,6 +20,7 @@ from pydantic import BaseModel, TypeAdapter
 from sagaledger.compensation._plan import completed_pivot, next_compensation
 from sagaledger.sagas._context import CompensationContext, StepContext, idempotency_key
 from sagaledger.sagas._definition import Saga, Step
+from sagaledger.sagas._dispatch import Dispatch
 from sagaledger.sagas._hooks import ActionCall
 from sagaledger.sagas._policy import RetryPolicy, RetrySafetyKind
 from sagaledger.store import EventType, NewEvent, Phase, RunRecord, RunStatus
@@ -110,6 +111,7 @@ class RunDriver:
             new_token=new_token,
             lease_owner=self.o.worker_id,
             wake_at=now + self.o.lease,
+            dispatched_at=None,
             attempt=self.attempt,
             blocked_reason=None,
         )
@@ -257,10 +259,11 @@ class RunDriver:
                 attempt=self.attempt + 1,
                 lease_owner=None,
                 wake_at=retry_at,
+                dispatched_at=retry_at,  # the delayed message is due then
                 last_error=error,
             )
             if written:
-                self.o.dispatch(self.run_id, delay)
+                self.o.dispatch(Dispatch(self.run_id, self.saga.name, self.saga.version, delay))
             return False
         why = "failed permanently" if permanent else f"failed after {self.attempt} attempts"
         summary = f"step {step.name!r} {why}: {error['message']}"

@@ -15,16 +15,15 @@ from pydantic import BaseModel, ValidationError
 
 from sagaledger._errors import InputValidationError, UnknownRunError
 from sagaledger.sagas._definition import Saga
+from sagaledger.sagas._dispatch import Dispatch, Dispatcher
 from sagaledger.sagas._driver import RunDriver
 from sagaledger.sagas._hooks import ActionCall, Hooks
 from sagaledger.sagas._leases import LeaseKeeper
 from sagaledger.sagas._registry import Registry
 from sagaledger.store import EventType, NewEvent, RunRecord, RunStatus, SagaLog, utc_now
+from sagaledger.store._log import Definition
 
 logger = logging.getLogger("sagaledger.orchestrator")
-
-#: Sends "drive this run" to some worker, now or after a delay.
-Dispatcher = Callable[[str, "timedelta | None"], None]
 
 
 def default_worker_id() -> str:
@@ -74,6 +73,8 @@ class Orchestrator:
             before the recovery pass sends another.
         version_recheck: How often a run whose saga version is missing here is
             looked at again.
+        worker_liveness: A worker not heard from for this long no longer counts
+            as able to run its saga versions.
         rng: Randomness for back-off jitter.
     """
 
@@ -88,6 +89,7 @@ class Orchestrator:
         lease: timedelta = timedelta(seconds=30),
         dispatch_grace: timedelta = timedelta(seconds=10),
         version_recheck: timedelta = timedelta(seconds=30),
+        worker_liveness: timedelta = timedelta(seconds=30),
         rng: random.Random | None = None,
     ):
         self.log = log
@@ -98,6 +100,7 @@ class Orchestrator:
         self.lease = lease
         self.dispatch_grace = dispatch_grace
         self.version_recheck = version_recheck
+        self.worker_liveness = worker_liveness
         self.rng = rng or random.Random()
         self.leases = LeaseKeeper(log, lease, clock)
         self._dispatcher: Dispatcher | None = None
@@ -111,14 +114,14 @@ class Orchestrator:
         """Route "drive this run" messages (the runtime sets a Dramatiq sender here)."""
         self._dispatcher = dispatcher
 
-    def dispatch(self, run_id: str, delay: timedelta | None = None) -> None:
-        """Ask a worker to drive ``run_id``; without a dispatcher, recovery will."""
+    def dispatch(self, request: Dispatch) -> None:
+        """Ask a worker to drive a run; without a dispatcher, recovery will."""
         if self._dispatcher is not None:
             try:
-                self._dispatcher(run_id, delay)
+                self._dispatcher(request)
             except Exception:
                 # The log still has the run; the recovery pass re-drives it.
-                logger.exception("could not dispatch run %s; recovery will pick it up", run_id)
+                logger.exception("could not dispatch run %s; recovery will", request.run_id)
 
     # -- starting -------------------------------------------------------------
 
@@ -174,6 +177,7 @@ class Orchestrator:
             "lease_owner": None,
             "lease_token": 0,
             "wake_at": now,
+            "dispatched_at": now,
             "blocked_reason": None,
             "last_error": None,
         }
@@ -190,7 +194,7 @@ class Orchestrator:
         )
         run, created = self.log.create_run(row, [started], now)
         if created:
-            self.dispatch(run.id)
+            self.dispatch(Dispatch(run.id, run.saga_name, run.saga_version))
         elif run.input != data:
             logger.warning(
                 "saga %r key %r: run %s already exists with a different input; returning it",
@@ -221,7 +225,7 @@ class Orchestrator:
         if run.wake_at > now:
             early = run.wake_at - now
             if run.lease_owner is None and early <= self.dispatch_grace:
-                self.dispatch(run.id, early)
+                self.dispatch(Dispatch(run.id, run.saga_name, run.saga_version, early))
             return
         saga = self.registry.find(run.saga_name, run.saga_version)
         if saga is None or saga.fingerprint != run.fingerprint:
@@ -252,6 +256,7 @@ class Orchestrator:
             events,
             now,
             wake_at=now + self.version_recheck,
+            dispatched_at=None,
             blocked_reason=reason,
         )
 
@@ -263,7 +268,29 @@ class Orchestrator:
         This is the one mechanism that re-drives work the broker lost: expired
         leases, ended back-offs and runs whose message never arrived.
         """
-        due = self.log.due_runs(self.clock(), self.dispatch_grace, limit)
-        for run_id in due:
-            self.dispatch(run_id)
+        now = self.clock()
+        mine = self.registry.definitions()
+        self.log.heartbeat(self.worker_id, mine, now)
+        due = self.log.claim_due(now, self.dispatch_grace, mine, limit)
+        for run in due:
+            self.dispatch(Dispatch(run.id, run.saga_name, run.saga_version))
+        self._flag_unserved(now, mine, limit)
         return len(due)
+
+    def _flag_unserved(self, now: datetime, mine: set[Definition], limit: int) -> None:
+        """Mark due runs whose definition no live worker has, once, where people look."""
+        unserved = self.log.unserved_due(now, self.dispatch_grace, mine, limit)
+        if not unserved:
+            return
+        live = self.log.live_definitions(now - self.worker_liveness)
+        for run in unserved:
+            wanted = (run.saga_name, run.saga_version, run.fingerprint)
+            if wanted in live:
+                continue  # a live worker has it and will take it
+            reason = (
+                f"waiting for a worker with saga {run.saga_name!r} version {run.saga_version} "
+                f"(fingerprint {run.fingerprint}); no live worker has it"
+            )
+            logger.warning("run %s: %s", run.id, reason)
+            event = NewEvent(EventType.VERSION_UNAVAILABLE, self.actor, payload={"reason": reason})
+            self.log.append(run.id, run.lease_token, [event], now, blocked_reason=reason)

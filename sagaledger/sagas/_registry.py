@@ -55,6 +55,10 @@ class Registry:
         """Return the saga at exactly (name, version), or None."""
         return self._sagas.get((name, version))
 
+    def definitions(self) -> set[tuple[str, int, str]]:
+        """(name, version, fingerprint) of every registered saga."""
+        return {(s.name, s.version, s.fingerprint) for s in self._sagas.values()}
+
     def describe(self) -> str:
         """A short list of what is registered, for error messages."""
         return ", ".join(f"{n} v{v}" for (n, v) in sorted(self._sagas))

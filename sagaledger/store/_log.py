@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sagaledger._errors import SchemaNotReadyError, StoreError, UnknownRunError
@@ -21,7 +23,7 @@ from sagaledger.store._records import (
     RunRecord,
     RunStatus,
 )
-from sagaledger.store._schema import events, runs
+from sagaledger.store._schema import events, runs, workers
 
 
 class SagaLog:
@@ -213,29 +215,128 @@ class SagaLog:
         with read(self.engine) as conn:
             return [_event(row) for row in conn.execute(query)]
 
-    def due_runs(self, now: datetime, dispatch_grace: timedelta, limit: int = 500) -> list[str]:
-        """Return runs the recovery pass must drive now.
+    def _due(self, now: datetime, dispatch_grace: timedelta) -> Any:
+        """Runs whose wake-up time has come and whose expected message is overdue.
 
-        A run is due when its lease expired, or when it holds no lease and its
-        wake-up time passed more than ``dispatch_grace`` ago: a run that was
-        just dispatched, or whose back-off just ended, gets a message of its own
-        first, and recovery steps in only if that message is lost.
+        A run just dispatched, or whose back-off message is on its way, has a
+        ``dispatched_at``; recovery steps in only ``dispatch_grace`` after it, if
+        that message was lost. A claim clears it, so an expired lease is due at once.
         """
-        query = (
+        return and_(
+            runs.c.wake_at.is_not(None),
+            runs.c.wake_at <= now,
+            runs.c.status.in_(ACTIVE_STATUSES),
+            or_(runs.c.dispatched_at.is_(None), runs.c.dispatched_at <= now - dispatch_grace),
+        )
+
+    def claim_due(
+        self,
+        now: datetime,
+        dispatch_grace: timedelta,
+        definitions: Collection[Definition],
+        limit: int = 500,
+    ) -> list[DueRun]:
+        """Take up to ``limit`` due runs of these definitions, marking them dispatched now.
+
+        Safe to run in every worker at once: rows another recovery pass is taking
+        are skipped (``SKIP LOCKED`` on Postgres, the write lock on SQLite), and a
+        taken run is not taken again until its dispatch grace has passed.
+        """
+        if not definitions:
+            return []
+        pick = (
             select(runs.c.id)
-            .where(
-                runs.c.status.in_(ACTIVE_STATUSES),
-                runs.c.wake_at <= now,
-                or_(
-                    runs.c.lease_owner.is_not(None),
-                    and_(runs.c.lease_owner.is_(None), runs.c.wake_at <= now - dispatch_grace),
-                ),
-            )
+            .where(self._due(now, dispatch_grace), _of(definitions))
+            .order_by(runs.c.wake_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        statement = (
+            update(runs)
+            .where(runs.c.id.in_(pick.scalar_subquery()))
+            .values(dispatched_at=now)
+            .returning(*_DUE_COLUMNS)
+        )
+        with self.engine.begin() as conn:
+            return [DueRun(*row) for row in conn.execute(statement)]
+
+    def unserved_due(
+        self,
+        now: datetime,
+        dispatch_grace: timedelta,
+        definitions: Collection[Definition],
+        limit: int = 500,
+    ) -> list[DueRun]:
+        """Due runs of other definitions than these, not yet marked as waiting."""
+        query = (
+            select(*_DUE_COLUMNS)
+            .where(self._due(now, dispatch_grace), runs.c.blocked_reason.is_(None))
             .order_by(runs.c.wake_at)
             .limit(limit)
         )
+        if definitions:
+            query = query.where(~_of(definitions))
         with read(self.engine) as conn:
-            return list(conn.execute(query).scalars())
+            return [DueRun(*row) for row in conn.execute(query)]
+
+    def heartbeat(self, worker_id: str, definitions: Collection[Definition], now: datetime) -> None:
+        """Record that ``worker_id`` is alive and can run ``definitions``."""
+        row = {
+            "id": worker_id,
+            "definitions": sorted([list(d) for d in definitions]),
+            "started_at": now,
+            "seen_at": now,
+        }
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        upsert = dialect.insert(workers).values(row)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[workers.c.id],
+            set_={"definitions": upsert.excluded.definitions, "seen_at": upsert.excluded.seen_at},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(upsert)
+            # Forget workers gone for a day; they say nothing about today's fleet.
+            conn.execute(delete(workers).where(workers.c.seen_at < now - timedelta(days=1)))
+
+    def live_definitions(self, since: datetime) -> set[Definition]:
+        """The definitions some worker seen since ``since`` can run."""
+        query = select(workers.c.definitions).where(workers.c.seen_at >= since)
+        with read(self.engine) as conn:
+            rows = conn.execute(query).scalars()
+            return {(str(n), int(v), str(f)) for definitions in rows for n, v, f in definitions}
+
+
+#: (saga name, version, fingerprint): what a worker can run.
+Definition = tuple[str, int, str]
+
+
+@dataclass(frozen=True)
+class DueRun:
+    """A run the recovery pass found due."""
+
+    id: str
+    saga_name: str
+    saga_version: int
+    fingerprint: str
+    lease_token: int
+
+
+_DUE_COLUMNS = (
+    runs.c.id,
+    runs.c.saga_name,
+    runs.c.saga_version,
+    runs.c.fingerprint,
+    runs.c.lease_token,
+)
+
+
+def _of(definitions: Collection[Definition]) -> Any:
+    return or_(
+        *(
+            and_(runs.c.saga_name == n, runs.c.saga_version == v, runs.c.fingerprint == f)
+            for n, v, f in definitions
+        )
+    )
 
 
 def _event_rows(
@@ -275,6 +376,7 @@ def _run(row: Row[Any] | dict[str, Any]) -> RunRecord:
         lease_owner=m["lease_owner"],
         lease_token=m["lease_token"],
         wake_at=m["wake_at"],
+        dispatched_at=m["dispatched_at"],
         last_seq=m["last_seq"],
         blocked_reason=m["blocked_reason"],
         last_error=m["last_error"],

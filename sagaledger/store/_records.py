@@ -73,6 +73,7 @@ class RunRecord:
     lease_owner: str | None
     lease_token: int
     wake_at: datetime | None
+    dispatched_at: datetime | None
     last_seq: int
     blocked_reason: str | None
     last_error: dict[str, Any] | None

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -71,13 +72,22 @@ runs = Table(
     Column("lease_token", Integer, nullable=False),
     # One wake-up column covers expired leases, retry back-off and version waits.
     Column("wake_at", UTCDateTime),
+    # When a message for the run is expected; recovery leaves it alone until then.
+    Column("dispatched_at", UTCDateTime),
     Column("last_seq", Integer, nullable=False),
     Column("blocked_reason", Text),
     Column("last_error", Payload),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("saga_name", "business_key", name="uq_sagaledger_runs_business_key"),
-    Index("ix_sagaledger_runs_wake_at", "wake_at"),
+    # Only unfinished runs have a wake-up time: the recovery scan stays small
+    # however many finished runs the log holds.
+    Index(
+        "ix_sagaledger_runs_wake_at",
+        "wake_at",
+        postgresql_where=text("wake_at IS NOT NULL"),
+        sqlite_where=text("wake_at IS NOT NULL"),
+    ),
     Index("ix_sagaledger_runs_status_saga", "status", "saga_name"),
     Index("ix_sagaledger_runs_created_at", "created_at"),
 )
@@ -98,4 +108,15 @@ events = Table(
     Column("token", Integer),
     Column("created_at", UTCDateTime, nullable=False),
     UniqueConstraint("run_id", "seq", name="uq_sagaledger_events_run_seq"),
+)
+
+#: Live workers and the saga definitions they can run, so a run whose
+#: definition no live worker has can say so.
+workers = Table(
+    "sagaledger_workers",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("definitions", Payload, nullable=False),  # [[name, version, fingerprint], ...]
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
 )

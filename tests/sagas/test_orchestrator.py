@@ -26,7 +26,7 @@ from sagaledger import (
     UnknownSagaError,
     step,
 )
-from sagaledger.sagas import ActionCall, Hooks
+from sagaledger.sagas import ActionCall, Dispatch, Hooks
 from sagaledger.store import EventType, Phase
 from sagaledger.testing import CrashAt, ManualClock, SagaHarness, SimulatedCrash
 from tests import ledger_app
@@ -441,8 +441,8 @@ def test_a_stale_worker_cannot_overwrite_a_newer_checkpoint(store_url: str, ledg
 
 def test_a_duplicate_message_for_a_run_changes_nothing(harness: SagaHarness, ledger: str) -> None:
     run = harness.start(order_saga, order(ledger))
-    harness.orchestrator.dispatch(run.id)
-    harness.orchestrator.dispatch(run.id)
+    harness.orchestrator.dispatch(Dispatch(run.id, "order", 1))
+    harness.orchestrator.dispatch(Dispatch(run.id, "order", 1))
     harness.run_until_idle()
     assert harness.status(run.id) is RunStatus.COMPLETED
     assert len(ledger_app.calls(ledger)) == 4
@@ -494,7 +494,7 @@ def test_a_run_waits_visibly_for_a_worker_with_its_version(store_url: str, ledge
         v2.run_until_idle()
     stored = v2.log.get_run(run.id)
     assert stored.status is RunStatus.RUNNING
-    assert "differs here" in (stored.blocked_reason or "")
+    assert "no live worker has it" in (stored.blocked_reason or "")
     assert types(v2, run.id).count("version_unavailable") == 1  # said once, not every poll
     assert ledger_app.calls(ledger) == []
     v2.close()
@@ -514,13 +514,56 @@ def test_a_message_that_arrives_before_the_back_off_ends_is_sent_again(
     run = harness.run(order_saga, order(ledger, flaky={"reserve_inventory": 1}))
     wake_at = harness.log.get_run(run.id).wake_at
     assert wake_at is not None
-    sent: list[tuple[str, timedelta | None]] = []
-    harness.orchestrator.set_dispatcher(lambda run_id, delay: sent.append((run_id, delay)))
+    sent: list[Dispatch] = []
+    harness.orchestrator.set_dispatcher(sent.append)
 
     # When a message for the run arrives 5 ms before its back-off ends
     harness.clock.now = wake_at - timedelta(milliseconds=5)
     harness.orchestrator.drive(run.id)
 
     # Then nothing runs early, and the message is sent again for the rest of the wait
-    assert sent == [(run.id, timedelta(milliseconds=5))]
+    assert sent == [Dispatch(run.id, "order", 1, timedelta(milliseconds=5))]
     assert len(ledger_app.calls(ledger)) == 1
+
+
+def test_two_fleets_each_finish_the_runs_of_their_own_version(store_url: str, ledger: str) -> None:
+    clock = ManualClock()
+    order_v2 = Saga("order", 2, Order, list(order_saga.steps)[:2])
+    old = SagaHarness([order_saga], store_url=store_url, clock=clock)
+    new = SagaHarness([order_v2], store_url=store_url, clock=clock)
+    old.orchestrator.worker_id, new.orchestrator.worker_id = "old", "new"
+    v1 = old.start(order_saga, order(ledger, order_id="one"))
+    v2 = new.start(order_v2, order(ledger, order_id="two"))
+
+    # The new fleet runs its own run and leaves the v1 run alone, saying why
+    clock.advance(timedelta(seconds=15))
+    new.run_until_idle()
+    assert new.status(v2.id) is RunStatus.COMPLETED
+    waiting = new.log.get_run(v1.id)
+    assert waiting.status is RunStatus.RUNNING
+    assert "version 1" in (waiting.blocked_reason or "")
+
+    # The old fleet finishes the v1 run on v1's four steps
+    old.run_until_idle()
+    finished = old.log.get_run(v1.id)
+    assert (finished.status, finished.blocked_reason) == (RunStatus.COMPLETED, None)
+    steps_by_run = {
+        run.id: [e.step for e in old.events(run.id) if e.type is EventType.STEP_COMPLETED]
+        for run in (v1, v2)
+    }
+    assert steps_by_run == {v1.id: list(STEPS), v2.id: list(STEPS[:2])}
+    assert {e.actor for e in old.events(v1.id) if e.token} == {"worker:old"}
+    old.close()
+    new.close()
+
+
+def test_a_message_for_a_reshaped_definition_is_refused_visibly(
+    harness: SagaHarness, ledger: str
+) -> None:
+    run = harness.start(order_saga, order(ledger))
+    reshaped = Saga("order", 1, Order, list(order_saga.steps)[:2])
+    stranger = Orchestrator(harness.log, Registry([reshaped]), clock=harness.clock)
+    stranger.drive(run.id)
+    stored = harness.log.get_run(run.id)
+    assert "differs here" in (stored.blocked_reason or "")
+    assert stored.lease_token == 0 and ledger_app.calls(ledger) == []

@@ -33,6 +33,7 @@ def new_run(log: SagaLog, run_id: str = "r1", key: str = "k1") -> None:
         "lease_owner": None,
         "lease_token": 0,
         "wake_at": NOW,
+        "dispatched_at": None,
         "blocked_reason": None,
         "last_error": None,
     }
@@ -63,16 +64,43 @@ def test_times_come_back_utc_aware_and_naive_ones_are_refused(saga_log: SagaLog)
         saga_log.append("r1", 0, [], NOW, wake_at=datetime(2030, 1, 1))  # noqa: DTZ001
 
 
-def test_due_runs_honour_leases_and_the_dispatch_grace(saga_log: SagaLog) -> None:
+MINE = [("s", 1, "f")]
+
+
+def test_recovery_takes_due_runs_once_per_grace_period(saga_log: SagaLog) -> None:
     new_run(saga_log, "fresh", "k1")
     new_run(saga_log, "leased", "k2")
     saga_log.append(
         "leased", 0, [], NOW, new_token=1, lease_owner="A", wake_at=NOW + timedelta(seconds=30)
     )
+    saga_log.append("fresh", 0, [], NOW, dispatched_at=NOW)  # its message is on its way
     grace = timedelta(seconds=10)
-    assert saga_log.due_runs(NOW + timedelta(seconds=5), grace) == []
-    assert saga_log.due_runs(NOW + timedelta(seconds=11), grace) == ["fresh"]
-    assert set(saga_log.due_runs(NOW + timedelta(seconds=31), grace)) == {"fresh", "leased"}
+
+    def take(at: timedelta) -> list[str]:
+        return sorted(r.id for r in saga_log.claim_due(NOW + at, grace, MINE))
+
+    assert take(timedelta(seconds=5)) == []  # the message may still arrive
+    assert take(timedelta(seconds=11)) == ["fresh"]  # it did not: recovery sends another
+    assert take(timedelta(seconds=12)) == []  # ...and waits a grace period for that one
+    assert take(timedelta(seconds=31)) == ["fresh", "leased"]  # the lease expired too
+    assert saga_log.claim_due(NOW + timedelta(hours=1), grace, [("other", 1, "f")]) == []
+
+
+def test_runs_no_worker_can_run_are_reported_until_flagged(saga_log: SagaLog) -> None:
+    new_run(saga_log, "r1", "k1")
+    later = NOW + timedelta(minutes=1)
+    assert [r.id for r in saga_log.unserved_due(later, timedelta(0), [("s", 2, "g")])] == ["r1"]
+    assert saga_log.unserved_due(later, timedelta(0), MINE) == []
+    saga_log.append("r1", 0, [], later, blocked_reason="no worker has s v1")
+    assert saga_log.unserved_due(later, timedelta(0), [("s", 2, "g")]) == []
+
+
+def test_worker_heartbeats_say_which_definitions_are_live(saga_log: SagaLog) -> None:
+    saga_log.heartbeat("w1", [("s", 1, "f")], NOW)
+    saga_log.heartbeat("w2", [("s", 2, "g")], NOW - timedelta(minutes=5))
+    saga_log.heartbeat("w1", [("s", 1, "f"), ("t", 1, "h")], NOW)  # upsert, not a second row
+    assert saga_log.live_definitions(NOW - timedelta(seconds=30)) == {("s", 1, "f"), ("t", 1, "h")}
+    assert ("s", 2, "g") in saga_log.live_definitions(NOW - timedelta(minutes=10))
 
 
 def test_events_are_append_only_in_the_database(saga_log: SagaLog) -> None:

@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("lease_owner", sa.String(200)),
         sa.Column("lease_token", sa.Integer, nullable=False),
         sa.Column("wake_at", UTCDateTime),
+        sa.Column("dispatched_at", UTCDateTime),
         sa.Column("last_seq", sa.Integer, nullable=False),
         sa.Column("blocked_reason", sa.Text),
         sa.Column("last_error", Payload),
@@ -56,7 +57,13 @@ def upgrade() -> None:
         sa.Column("updated_at", UTCDateTime, nullable=False),
         sa.UniqueConstraint("saga_name", "business_key", name="uq_sagaledger_runs_business_key"),
     )
-    op.create_index("ix_sagaledger_runs_wake_at", "sagaledger_runs", ["wake_at"])
+    op.create_index(
+        "ix_sagaledger_runs_wake_at",
+        "sagaledger_runs",
+        ["wake_at"],
+        postgresql_where=sa.text("wake_at IS NOT NULL"),
+        sqlite_where=sa.text("wake_at IS NOT NULL"),
+    )
     op.create_index("ix_sagaledger_runs_status_saga", "sagaledger_runs", ["status", "saga_name"])
     op.create_index("ix_sagaledger_runs_created_at", "sagaledger_runs", ["created_at"])
     op.create_table(
@@ -75,6 +82,13 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.UniqueConstraint("run_id", "seq", name="uq_sagaledger_events_run_seq"),
     )
+    op.create_table(
+        "sagaledger_workers",
+        sa.Column("id", sa.String(200), primary_key=True),
+        sa.Column("definitions", Payload, nullable=False),
+        sa.Column("started_at", UTCDateTime, nullable=False),
+        sa.Column("seen_at", UTCDateTime, nullable=False),
+    )
     if op.get_bind().dialect.name == "sqlite":
         for verb in ("update", "delete"):
             op.execute(_APPEND_ONLY_SQLITE.format(verb=verb, verb_upper=verb.upper()))
@@ -87,5 +101,6 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER sagaledger_events_append_only ON sagaledger_events")
         op.execute("DROP FUNCTION sagaledger_events_append_only()")
+    op.drop_table("sagaledger_workers")
     op.drop_table("sagaledger_events")
     op.drop_table("sagaledger_runs")
