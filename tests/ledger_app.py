@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -45,6 +46,8 @@ class Order(BaseModel):
     fail_compensation: str | None = None
     #: Step -> how many calls fail with a retryable error before it succeeds.
     flaky: dict[str, int] = {}
+    #: How long each forward step works before recording its effect.
+    pause_ms: int = 0
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -54,16 +57,19 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def record(path: str, run_id: str, step_name: str, phase: str, key: str, attempt: int) -> int:
+def record(
+    path: str, run_id: str, step_name: str, phase: str, key: str, attempt: int, apply: bool = True
+) -> int:
     """Record one call and apply its effect once per key; return calls so far for this step."""
     with _connect(path) as conn:
         conn.execute(
             "INSERT INTO calls (run_id, step, phase, key, attempt, pid) VALUES (?,?,?,?,?,?)",
             (run_id, step_name, phase, key, attempt, os.getpid()),
         )
-        conn.execute(
-            "INSERT OR IGNORE INTO effects VALUES (?,?,?,?)", (key, run_id, step_name, phase)
-        )
+        if apply:
+            conn.execute(
+                "INSERT OR IGNORE INTO effects VALUES (?,?,?,?)", (key, run_id, step_name, phase)
+            )
         (count,) = conn.execute(
             "SELECT count(*) FROM calls WHERE run_id=? AND step=? AND phase=?",
             (run_id, step_name, phase),
@@ -94,8 +100,11 @@ def effects(path: str, run_id: str | None = None) -> list[tuple[str, str]]:
 
 def _forward(name: str) -> Any:
     def action(ctx: StepContext[Order]) -> dict[str, Any]:
-        n = record(ctx.input.ledger, ctx.run_id, name, "forward", ctx.idempotency_key, ctx.attempt)
-        if ctx.input.fail_at == name:
+        time.sleep(ctx.input.pause_ms / 1000)
+        refused = ctx.input.fail_at == name  # like a declined card: no effect
+        key, attempt = ctx.idempotency_key, ctx.attempt
+        n = record(ctx.input.ledger, ctx.run_id, name, "forward", key, attempt, not refused)
+        if refused:
             raise PermanentError(f"{name} refused order {ctx.input.order_id}")
         if n <= ctx.input.flaky.get(name, 0):
             raise RetryableError(f"{name}: remote busy (call {n})")
