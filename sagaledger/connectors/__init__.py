@@ -1,0 +1,10 @@
+"""Connectors to the systems steps act on, and the limits that protect them."""
+
+from sagaledger.connectors._ratelimit import (
+    MemoryRateLimiter,
+    RateLimit,
+    RateLimiter,
+    RedisRateLimiter,
+)
+
+__all__ = ["MemoryRateLimiter", "RateLimit", "RateLimiter", "RedisRateLimiter"]
