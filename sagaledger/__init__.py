@@ -1,6 +1,7 @@
 """sagaledger: durable sagas with compensation, idempotency and audit built in."""
 
 from sagaledger._errors import (
+    BrokerError,
     DefinitionError,
     DuplicateSagaError,
     InputValidationError,
@@ -32,6 +33,7 @@ from sagaledger.store import EventType, Phase, RunStatus, SagaLog
 __version__ = "0.1.0"
 
 __all__ = [
+    "BrokerError",
     "CompensationContext",
     "DefinitionError",
     "DuplicateSagaError",

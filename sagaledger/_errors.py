@@ -9,6 +9,7 @@
     ├── UnknownRunError          no run with this id
     ├── StoreError               the saga log cannot be used
     │   └── SchemaNotReadyError  the database schema is missing or out of date
+    ├── BrokerError              the broker URL is malformed or its server unreachable
     └── StepError                raised by step actions to steer the orchestrator
         ├── RetryableError       transient; retried with back-off (or after retry_after)
         └── PermanentError       not worth retrying; compensation starts
@@ -102,6 +103,13 @@ class StoreError(SagaLedgerError):
 
 class SchemaNotReadyError(StoreError):
     """The store's schema is missing or older than this code expects."""
+
+
+class BrokerError(SagaLedgerError):
+    """The broker cannot be used: a malformed or unsupported URL, an unreachable server.
+
+    The message names the URL with any password masked.
+    """
 
 
 class StepError(SagaLedgerError):

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
 
     Attributes:
         store: SQLAlchemy URL of the saga log.
+        broker: Where workers take their messages from: ``redis://...`` (shared by
+            every worker on every machine), or None (``memory``) for an in-process
+            broker per worker process.
+        processes: Worker processes one ``sagaledger worker`` runs and supervises.
         threads: Worker threads, i.e. runs driven at once by one worker process.
         lease_seconds: How long a run's lease lasts without renewal; a crashed
             worker's runs are taken over this long after its last renewal.
@@ -38,6 +42,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     store: str = Field(default=DEFAULT_STORE, min_length=1)
+    broker: str | None = None
+    processes: int = Field(default=1, ge=1)
     threads: int = Field(default=4, ge=1)
     lease_seconds: float = Field(default=30, gt=0)
     recovery_interval_seconds: float = Field(default=2, gt=0)

@@ -9,12 +9,10 @@ Every command takes ``--store URL`` (or ``SAGALEDGER_STORE``; a SQLite file
 from __future__ import annotations
 
 import logging
-import signal
+import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -27,8 +25,10 @@ from sqlalchemy.exc import OperationalError
 from sagaledger import _render
 from sagaledger._apps import AppNotFoundError, load_registry
 from sagaledger._errors import SagaLedgerError, StoreError, UnknownRunError
+from sagaledger._runner import check_config, run_worker
 from sagaledger._settings import DEFAULT_STORE, ENV_PREFIX, Settings
-from sagaledger.sagas import EmbeddedWorker, Orchestrator, Registry
+from sagaledger._supervisor import Supervisor
+from sagaledger.sagas import Registry
 from sagaledger.store import (
     RunRecord,
     RunStatus,
@@ -45,7 +45,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: People read tables on stdout; errors and worker chatter go to stderr.
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
 
 
 class CLIError(click.ClickException):
@@ -252,7 +251,20 @@ def resolve_run(log: SagaLog, prefix: str) -> RunRecord:
     "--app", required=True, metavar="MODULE:ATTR", help="Where the Registry (or sagas) is."
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), help=f"Runs driven at once [env {ENV_PREFIX}THREADS]."
+    "--broker",
+    metavar="URL",
+    help=f"redis://HOST[:PORT][/DB] shared by all workers, or memory "
+    f"[env {ENV_PREFIX}BROKER; default memory].",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    help=f"Worker processes to run and supervise [env {ENV_PREFIX}PROCESSES; default 1].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help=f"Runs driven at once per process [env {ENV_PREFIX}THREADS; default 4].",
 )
 @click.option(
     "--crash-at",
@@ -267,10 +279,23 @@ def resolve_run(log: SagaLog, prefix: str) -> RunRecord:
     show_default=True,
     help="Level of sagaledger's own log messages.",
 )
+@click.option("--supervised", is_flag=True, hidden=True)
 def worker(
-    store: str | None, app: str, threads: int | None, crash_at: str | None, log_level: str
+    store: str | None,
+    app: str,
+    broker: str | None,
+    processes: int | None,
+    threads: int | None,
+    crash_at: str | None,
+    log_level: str,
+    supervised: bool,
 ) -> None:
     """Run sagas from the log until SIGTERM or SIGINT.
+
+    In production, start workers with a Postgres --store and a Redis --broker on
+    any number of machines: they share the load. With --processes N this command
+    supervises N worker processes, replacing any that dies. SIGTERM lets every
+    run in flight finish its step; what was only queued stays in the log.
 
     Lease, recovery interval and dispatch grace come from SAGALEDGER_LEASE_SECONDS,
     SAGALEDGER_RECOVERY_INTERVAL_SECONDS and SAGALEDGER_DISPATCH_GRACE_SECONDS.
@@ -280,7 +305,7 @@ def worker(
     e.g. --crash-at charge_payment:after_action dies after the charge's effect,
     before its checkpoint.
     """
-    settings = load_settings(store=store, threads=threads)
+    settings = load_settings(store=store, broker=broker, processes=processes, threads=threads)
     # Our loggers at the chosen level; libraries' (alembic, dramatiq) only when it matters.
     logging.basicConfig(
         level=logging.WARNING,
@@ -295,43 +320,37 @@ def worker(
     except AppNotFoundError as exc:
         raise CLIError(str(exc)) from None
     hooks = [_crash_hook(crash_at, registry)] if crash_at else []
-    with open_log(settings.store) as log:
-        orchestrator = Orchestrator(
-            log, registry, hooks=hooks, lease=settings.lease, dispatch_grace=settings.dispatch_grace
-        )
-        embedded = EmbeddedWorker(
-            orchestrator, threads=settings.threads, recovery_interval=settings.recovery_interval
-        )
-        stopping = _stop_on_signals()
-        embedded.start()
-        try:
-            err_console.print(
-                f"worker {orchestrator.worker_id} ready: {registry.describe()} on "
-                f"{_render.display_url(settings.store)}, threads={settings.threads}"
-                + (f", will crash at {crash_at}" if crash_at else "")
-            )
-            while not stopping.wait(0.5):
-                pass
-            err_console.print(
-                f"worker {orchestrator.worker_id} stopping: finishing in-flight steps"
-            )
-        finally:
-            embedded.stop()
-    err_console.print(f"worker {orchestrator.worker_id} stopped")
+    if settings.processes > 1:
+        check_config(settings)
+        options = ["--app", app, "--log-level", log_level, "--processes", "1", "--supervised"]
+        if crash_at:
+            options += ["--crash-at", crash_at]
+        # URLs travel in the environment, where `ps` does not show their passwords.
+        env = {**os.environ, **_settings_env(settings), f"{ENV_PREFIX}PROCESSES": "1"}
+        command = [sys.executable, "-m", "sagaledger", "worker", *options]
+        raise SystemExit(Supervisor(command, settings.processes, env).run())
+    run_worker(
+        settings,
+        registry,
+        hooks=hooks,
+        supervised=supervised,
+        say=_say,
+        ready_note=f", will crash at {crash_at}" if crash_at else "",
+    )
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event set by the first SIGTERM or SIGINT; a second one stops the process at once."""
-    stopping = threading.Event()
+def _say(line: str) -> None:
+    # Plain text: rich would wrap long URLs and read "[...]" in them as markup.
+    click.echo(line, err=True)
 
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-        # Restore the default, so an impatient second signal is not swallowed.
-        signal.signal(signum, signal.SIG_DFL)
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stopping
+def _settings_env(settings: Settings) -> dict[str, str]:
+    """``SAGALEDGER_*`` variables that give a worker process these settings."""
+    return {
+        f"{ENV_PREFIX}{name.upper()}": str(value)
+        for name, value in settings.model_dump().items()
+        if value is not None
+    }
 
 
 def _crash_hook(spec: str, registry: Registry) -> CrashAt:

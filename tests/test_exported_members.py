@@ -8,6 +8,7 @@ import sagaledger.testing
 
 EXPECTED = {
     sagaledger: [
+        "BrokerError",
         "CompensationContext",
         "DefinitionError",
         "DuplicateSagaError",
@@ -41,6 +42,8 @@ EXPECTED = {
         "DRIVE_ACTOR",
         "ActionCall",
         "CompensationContext",
+        "Dispatch",
+        "Dispatcher",
         "EmbeddedWorker",
         "Hooks",
         "Maintenance",
@@ -51,10 +54,13 @@ EXPECTED = {
         "RetrySafety",
         "RetrySafetyKind",
         "Saga",
+        "SagaWorker",
         "Step",
         "StepContext",
+        "build_broker",
         "declare_actors",
         "idempotency_key",
+        "queue_for",
         "step",
     ],
     sagaledger.store: [

@@ -1,18 +1,23 @@
 """Defining sagas, the registry, the orchestrator and the Dramatiq runtime."""
 
 from sagaledger.sagas._actors import DRIVE_ACTOR, Maintenance, MaintenanceMiddleware, declare_actors
+from sagaledger.sagas._brokers import build_broker
 from sagaledger.sagas._context import CompensationContext, StepContext, idempotency_key
 from sagaledger.sagas._definition import Saga, Step, step
+from sagaledger.sagas._dispatch import Dispatch, Dispatcher, queue_for
 from sagaledger.sagas._embedded import EmbeddedWorker
 from sagaledger.sagas._hooks import ActionCall, Hooks
 from sagaledger.sagas._orchestrator import Orchestrator
 from sagaledger.sagas._policy import RetryPolicy, RetrySafety, RetrySafetyKind
 from sagaledger.sagas._registry import Registry
+from sagaledger.sagas._worker import SagaWorker
 
 __all__ = [
     "DRIVE_ACTOR",
     "ActionCall",
     "CompensationContext",
+    "Dispatch",
+    "Dispatcher",
     "EmbeddedWorker",
     "Hooks",
     "Maintenance",
@@ -23,9 +28,12 @@ __all__ = [
     "RetrySafety",
     "RetrySafetyKind",
     "Saga",
+    "SagaWorker",
     "Step",
     "StepContext",
+    "build_broker",
     "declare_actors",
     "idempotency_key",
+    "queue_for",
     "step",
 ]
