@@ -8,50 +8,32 @@ import threading
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from types import FrameType
-from typing import Any
 
 import dramatiq
-from sqlalchemy import event
-from sqlalchemy.exc import OperationalError
 
-from sagaledger._errors import StoreError
 from sagaledger._settings import Settings
 from sagaledger.sagas import Hooks, Orchestrator, Registry, SagaWorker, build_broker
 from sagaledger.sagas._brokers import mask_url
-from sagaledger.store import SagaLog, create_store_engine
+from sagaledger.store import SagaLog
 
-#: Seconds to wait for a connection to Postgres: a wrong host fails in seconds.
-STORE_CONNECT_TIMEOUT = 3
 #: How often (s) the main thread looks for a reason to stop.
 _TICK = 0.5
 
 
-def open_store(url: str) -> SagaLog:
+def open_store(url: str, threads: int = 4) -> SagaLog:
     """Open the saga log at ``url`` and check its schema, failing fast when unreachable.
+
+    The connection pool fits the worker: one connection per thread, plus the
+    maintenance thread's and one spare, so many processes stay within Postgres's
+    connection limit.
 
     Raises:
         StoreError: the URL is malformed or the database unreachable.
         SchemaNotReadyError: the database is not migrated to this code's schema.
     """
-    engine = create_store_engine(url)
-    if engine.dialect.name == "sqlite":
-        engine.dispose()
+    if url.startswith("sqlite"):
         return SagaLog.open(url)  # migrates a SQLite file, as every command does
-
-    @event.listens_for(engine, "do_connect")
-    def _connect_timeout(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
-        params.setdefault("connect_timeout", STORE_CONNECT_TIMEOUT)
-
-    log = SagaLog(engine)
-    try:
-        log.check_schema()
-    except OperationalError as exc:
-        engine.dispose()
-        raise StoreError(f"cannot use store {engine.url!r}: {exc.orig}") from None
-    except BaseException:
-        engine.dispose()
-        raise
-    return log
+    return SagaLog.open(url, pool_size=threads + 2, max_overflow=2)
 
 
 def broker_label(url: str | None) -> str:
@@ -90,7 +72,7 @@ def run_worker(
         say: Prints a progress line for people.
         ready_note: Appended to the "ready" line.
     """
-    with closing(open_store(settings.store)) as log:
+    with closing(open_store(settings.store, settings.threads)) as log:
         broker = build_broker(settings.broker)
         orchestrator = Orchestrator(
             log, registry, hooks=hooks, lease=settings.lease, dispatch_grace=settings.dispatch_grace

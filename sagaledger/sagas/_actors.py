@@ -127,5 +127,6 @@ class MaintenanceMiddleware(dramatiq.Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.maintenance.start()
 
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        # Only now: the runs in flight during a graceful stop keep their leases.
         self.maintenance.stop()

@@ -12,6 +12,8 @@ from sqlalchemy.exc import ArgumentError
 from sagaledger._errors import StoreError
 
 _READ_ONLY = "sagaledger_read_only"
+#: Seconds to wait for a connection to Postgres.
+POSTGRES_CONNECT_TIMEOUT = 3
 #: How long a SQLite writer waits for the lock before giving up (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -54,7 +56,11 @@ def create_store_engine(url: str, **options: Any) -> Engine:
         _tune_sqlite(engine)
         return engine
     if backend == "postgresql":
-        return create_engine(parsed, pool_size=10, max_overflow=20, **options)
+        # A wrong host should fail in seconds, not hang for the OS's TCP timeout.
+        options.setdefault("connect_args", {"connect_timeout": POSTGRES_CONNECT_TIMEOUT})
+        options.setdefault("pool_size", 5)
+        options.setdefault("max_overflow", 5)
+        return create_engine(parsed, **options)
     raise StoreError(f"unsupported store URL {url!r}: use sqlite:///FILE or postgresql://...")
 
 

@@ -42,7 +42,7 @@ class SagaLog:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str, *, upgrade: bool | None = None) -> SagaLog:
+    def open(cls, url: str, *, upgrade: bool | None = None, **engine_options: Any) -> SagaLog:
         """Open the log at ``url``, checking (or migrating) its schema.
 
         Args:
@@ -50,12 +50,13 @@ class SagaLog:
             upgrade: Apply pending migrations first. By default only SQLite files
                 (the embedded mode) are migrated automatically; other databases
                 must be migrated with ``sagaledger db upgrade``.
+            engine_options: Passed to :func:`create_store_engine` (``pool_size``...).
 
         Raises:
             StoreError: bad URL or unreachable database.
             SchemaNotReadyError: the schema is missing or out of date.
         """
-        engine = create_store_engine(url)
+        engine = create_store_engine(url, **engine_options)
         log = cls(engine)
         if upgrade is None:
             upgrade = engine.dialect.name == "sqlite"
