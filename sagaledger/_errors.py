@@ -12,6 +12,7 @@
     ├── BrokerError              the broker URL is malformed or its server unreachable
     └── StepError                raised by step actions to steer the orchestrator
         ├── RetryableError       transient; retried with back-off (or after retry_after)
+        │   └── RateLimitedError the remote said 429: wait, without using up an attempt
         └── PermanentError       not worth retrying; compensation starts
 
 Exceptions cross Dramatiq and process boundaries, so each one pickles with its
@@ -139,6 +140,17 @@ class RetryableError(StepError):
 
     def __init__(self, message: str, *, retry_after: timedelta | None = None):
         super().__init__(message, non_retryable=False, retry_after=retry_after)
+
+
+class RateLimitedError(RetryableError):
+    """The remote side refused for now (HTTP 429); ``retry_after`` says for how long.
+
+    The step waits durably and runs again without using up an attempt, and the
+    step's shared rate limit (if it has one) is held for every worker meanwhile.
+    """
+
+    #: Read by the orchestrator (duck-typed, so other libraries' errors can say it too).
+    rate_limited = True
 
 
 class PermanentError(StepError):

@@ -36,6 +36,7 @@ EVENT_STYLES = {
     EventType.ATTEMPT_STARTED: "dim",
     EventType.ATTEMPT_ABANDONED: "bold yellow",
     EventType.STEP_COMPLETED: "green",
+    EventType.STEP_DEFERRED: "yellow",
     EventType.STEP_FAILED: "red",
     EventType.COMPENSATION_STARTED: "bold magenta",
     EventType.COMPENSATION_COMPLETED: "magenta",

@@ -13,7 +13,7 @@ import dramatiq
 
 from sagaledger._settings import Settings
 from sagaledger.sagas import Hooks, Orchestrator, Registry, SagaWorker, build_broker
-from sagaledger.sagas._brokers import mask_url
+from sagaledger.sagas._brokers import mask_url, rate_limiter_for
 from sagaledger.store import SagaLog
 
 #: How often (s) the main thread looks for a reason to stop.
@@ -75,7 +75,12 @@ def run_worker(
     with closing(open_store(settings.store, settings.threads)) as log:
         broker = build_broker(settings.broker)
         orchestrator = Orchestrator(
-            log, registry, hooks=hooks, lease=settings.lease, dispatch_grace=settings.dispatch_grace
+            log,
+            registry,
+            hooks=hooks,
+            lease=settings.lease,
+            dispatch_grace=settings.dispatch_grace,
+            rate_limiter=rate_limiter_for(broker),
         )
         worker = SagaWorker(
             orchestrator,

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from sagaledger.connectors import MemoryRateLimiter
 from sagaledger.sagas import ActionCall, Hooks, Orchestrator, Registry, Saga
 from sagaledger.sagas._dispatch import Dispatch
 from sagaledger.sagas._leases import LeaseKeeper
@@ -159,11 +160,23 @@ class SagaHarness:
             store_url = f"sqlite:///{self._tmp.name}/saga.db"
         self.clock = clock or ManualClock()
         self.log = SagaLog.open(store_url, upgrade=True)
+        # Rate limits count on the manual clock, and waiting for one moves it.
+        self.rate_limiter = MemoryRateLimiter(clock=lambda: self.clock().timestamp())
         self.orchestrator = Orchestrator(
-            self.log, registry, clock=self.clock, hooks=hooks, lease=lease, worker_id="harness"
+            self.log,
+            registry,
+            clock=self.clock,
+            hooks=hooks,
+            lease=lease,
+            worker_id="harness",
+            rate_limiter=self.rate_limiter,
+            sleep=self._sleep,
         )
         self.orchestrator.set_dispatcher(self._enqueue)
         self._queue: list[tuple[datetime, str]] = []
+
+    def _sleep(self, seconds: float) -> None:
+        self.clock.advance(timedelta(seconds=seconds))
 
     def _enqueue(self, request: Dispatch) -> None:
         self._queue.append((self.clock() + (request.delay or timedelta(0)), request.run_id))

@@ -19,6 +19,7 @@ EXPECTED = {
         "Orchestrator",
         "PermanentError",
         "Phase",
+        "RateLimitedError",
         "Registry",
         "RegistryError",
         "RetryPolicy",

@@ -10,6 +10,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from sagaledger._errors import BrokerError
+from sagaledger.connectors import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
 #: What ``build_broker`` accepts, for error messages and docs.
 BROKER_URLS = "memory, redis://HOST[:PORT][/DB], rediss://... or unix:///PATH"
@@ -81,3 +82,10 @@ def build_broker(url: str | None) -> dramatiq.Broker:
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
     )
+
+
+def rate_limiter_for(broker: dramatiq.Broker) -> RateLimiter:
+    """Rate limits shared through the broker's Redis, or kept in this process."""
+    if isinstance(broker, RedisBroker):
+        return RedisRateLimiter(broker.client)
+    return MemoryRateLimiter()

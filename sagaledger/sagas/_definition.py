@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from sagaledger._errors import DefinitionError
+from sagaledger.connectors._ratelimit import RateLimit
 from sagaledger.sagas._context import CompensationContext, StepContext
 from sagaledger.sagas._policy import (
     DEFAULT_COMPENSATION_RETRY,
@@ -52,6 +53,8 @@ class Step:
         retry: Retry policy of the action.
         compensation_retry: Retry policy of the compensation.
         timeout: How long one attempt may run before another worker may take over.
+        rate_limit: The limit of the connector the step calls, shared by every
+            worker (and by every step naming the same limit).
     """
 
     name: str
@@ -63,6 +66,7 @@ class Step:
     retry: RetryPolicy = DEFAULT_RETRY
     compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
     timeout: timedelta = timedelta(minutes=5)
+    rate_limit: RateLimit | None = None
 
     @property
     def compensable(self) -> bool:
@@ -80,6 +84,7 @@ def step(
     retry: RetryPolicy = DEFAULT_RETRY,
     compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY,
     timeout: timedelta = timedelta(minutes=5),
+    rate_limit: RateLimit | None = None,
 ) -> Callable[[Action], Step]:
     """Decorate a function to make it a step's forward action.
 
@@ -98,6 +103,7 @@ def step(
             retry=retry,
             compensation_retry=compensation_retry,
             timeout=timeout,
+            rate_limit=rate_limit,
         )
 
     return wrap
@@ -216,3 +222,5 @@ def _check_step(saga: str, s: Step) -> None:
         raise DefinitionError("compensate is not callable", saga=saga, step=s.name)
     if s.timeout <= timedelta(0):
         raise DefinitionError("timeout must be positive", saga=saga, step=s.name)
+    if s.rate_limit is not None and not isinstance(s.rate_limit, RateLimit):
+        raise DefinitionError("rate_limit must be a RateLimit", saga=saga, step=s.name)

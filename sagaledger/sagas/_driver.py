@@ -171,6 +171,11 @@ class RunDriver:
         if self.attempt > self._policy(step).max_attempts:
             return self._failed(step, _lost_attempt(self.attempt - 1))
         call = self._call(step)
+        limit = step.rate_limit
+        if limit is not None:
+            wait = self.o.acquire(limit, call.idempotency_key)
+            if wait is not None:
+                return self._defer(step, wait, f"rate limit {limit.name!r} reached")
         started = time.perf_counter()
         try:
             self.o.hooks.before_action(call)
@@ -181,6 +186,9 @@ class RunDriver:
         except Exception as exc:
             self.o.hooks.action_failed(call, exc)
             return self._failed(step, exc)
+        finally:
+            if limit is not None:
+                self.o.rate_limiter.release(limit, call.idempotency_key)
         self.o.hooks.after_action(call, result)
         took = _ms_since(started)
         if self.phase is Phase.COMPENSATE:
@@ -232,6 +240,15 @@ class RunDriver:
 
     def _failed(self, step: Step, exc: BaseException) -> bool:
         policy = self._policy(step)
+        if getattr(exc, "rate_limited", False) is True:
+            retry_after = getattr(exc, "retry_after", None)
+            wait = (
+                retry_after if isinstance(retry_after, timedelta) else policy.backoff(1, self.o.rng)
+            )
+            if step.rate_limit is not None:  # hold every worker off this connector
+                self.o.rate_limiter.block(step.rate_limit.name, wait.total_seconds())
+            error = describe_error(exc, retryable=True)
+            return self._defer(step, wait, f"the remote side is rate limiting: {exc}", error)
         permanent = is_non_retryable(exc, policy)
         error = describe_error(exc, retryable=not permanent)
         phase = self.phase  # captured: turning to compensation changes self.phase
@@ -319,6 +336,28 @@ class RunDriver:
         events.append(NewEvent(EventType.RUN_PARKED, self.o.actor, payload={"reason": reason}))
         logger.error("run %s parked: %s", self.run_id, reason)
         return self._finish(events, RunStatus.PARKED, blocked_reason=reason, last_error=error)
+
+    def _defer(
+        self, step: Step, wait: timedelta, reason: str, error: dict[str, Any] | None = None
+    ) -> bool:
+        """Wait durably, then run the same attempt again (no attempt is used up)."""
+        until = self.o.clock() + wait
+        payload = {"reason": reason, "until": _iso(until)}
+        deferred = NewEvent(
+            EventType.STEP_DEFERRED,
+            self.o.actor,
+            step.name,
+            self.phase,
+            self.attempt,
+            payload,
+            error,
+        )
+        changes: dict[str, Any] = {"lease_owner": None, "wake_at": until, "dispatched_at": until}
+        if error is not None:
+            changes["last_error"] = error
+        if self._commit([deferred], **changes):
+            self.o.dispatch(Dispatch(self.run_id, self.saga.name, self.saga.version, wait))
+        return False
 
     def _attempt_started(self, step: Step) -> NewEvent:
         return NewEvent(

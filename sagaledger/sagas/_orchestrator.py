@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from sagaledger._errors import InputValidationError, UnknownRunError
+from sagaledger.connectors._ratelimit import MemoryRateLimiter, RateLimit, RateLimiter
 from sagaledger.sagas._definition import Saga
 from sagaledger.sagas._dispatch import Dispatch, Dispatcher
 from sagaledger.sagas._driver import RunDriver
@@ -76,6 +78,11 @@ class Orchestrator:
         worker_liveness: A worker not heard from for this long no longer counts
             as able to run its saga versions.
         rng: Randomness for back-off jitter.
+        rate_limiter: Where steps' rate limits are counted; in memory (this
+            process only) by default, Redis to share them across workers.
+        sleep: How to wait for a rate limit's next slot (inject one in tests).
+        max_inline_wait: A step whose rate limit frees up within this long waits
+            in its thread; a longer wait is recorded and the thread moves on.
     """
 
     def __init__(
@@ -91,6 +98,9 @@ class Orchestrator:
         version_recheck: timedelta = timedelta(seconds=30),
         worker_liveness: timedelta = timedelta(seconds=30),
         rng: random.Random | None = None,
+        rate_limiter: RateLimiter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        max_inline_wait: timedelta = timedelta(seconds=1),
     ):
         self.log = log
         self.registry = registry
@@ -102,6 +112,9 @@ class Orchestrator:
         self.version_recheck = version_recheck
         self.worker_liveness = worker_liveness
         self.rng = rng or random.Random()
+        self.rate_limiter: RateLimiter = rate_limiter or MemoryRateLimiter()
+        self.sleep = sleep
+        self.max_inline_wait = max_inline_wait
         self.leases = LeaseKeeper(log, lease, clock)
         self._dispatcher: Dispatcher | None = None
 
@@ -122,6 +135,23 @@ class Orchestrator:
             except Exception:
                 # The log still has the run; the recovery pass re-drives it.
                 logger.exception("could not dispatch run %s; recovery will", request.run_id)
+
+    def acquire(self, limit: RateLimit, holder: str) -> timedelta | None:
+        """Take a slot of ``limit``, waiting in this thread if one frees up soon.
+
+        Returns:
+            None once granted, or how long to wait when that is longer than
+            ``max_inline_wait`` (the caller then waits durably).
+        """
+        waited = timedelta(0)
+        while True:
+            wait = self.rate_limiter.acquire(limit, holder)
+            if wait is None:
+                return None
+            if waited + wait > self.max_inline_wait:
+                return wait
+            self.sleep(wait.total_seconds())
+            waited += wait
 
     # -- starting -------------------------------------------------------------
 

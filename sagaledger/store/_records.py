@@ -46,6 +46,7 @@ class EventType(StrEnum):
     ATTEMPT_STARTED = "attempt_started"
     ATTEMPT_ABANDONED = "attempt_abandoned"  # the lease of an attempt expired (worker lost)
     STEP_COMPLETED = "step_completed"
+    STEP_DEFERRED = "step_deferred"  # a rate limit said wait; no attempt used up
     STEP_FAILED = "step_failed"  # payload says what follows: retry, compensate or park
     COMPENSATION_STARTED = "compensation_started"  # the run turned to unwinding
     COMPENSATION_COMPLETED = "compensation_completed"
