@@ -156,3 +156,7 @@ order_saga = Saga(
 )
 
 registry = Registry([order_saga])
+
+#: Version 2 of the same saga, as a later deploy would ship it: no email step.
+order_saga_v2 = Saga("order", 2, Order, list(order_saga.steps)[:3])
+registry_v2 = Registry([order_saga_v2])
