@@ -87,6 +87,7 @@ def run_worker(
             broker,
             threads=settings.threads,
             recovery_interval=settings.recovery_interval,
+            queue=settings.queue,
         )
         stopping = _stop_on_signals(repeat_kills=not supervised)
         parent = os.getppid()

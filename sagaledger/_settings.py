@@ -37,6 +37,7 @@ class Settings(BaseSettings):
         recovery_interval_seconds: How often a worker looks in the log for due runs.
         dispatch_grace_seconds: How long a newly due run may wait for its own
             message before the recovery pass drives it anyway.
+        queue: Prefix of the broker's queue names (one queue per saga version).
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
@@ -48,6 +49,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30, gt=0)
     recovery_interval_seconds: float = Field(default=2, gt=0)
     dispatch_grace_seconds: float = Field(default=10, ge=0)
+    queue: str = Field(default="sagaledger", pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
     @property
     def lease(self) -> timedelta:

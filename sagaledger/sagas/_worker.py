@@ -9,7 +9,7 @@ from typing import Self
 
 import dramatiq
 
-from sagaledger.sagas._actors import Maintenance, MaintenanceMiddleware, declare_actors
+from sagaledger.sagas._actors import QUEUE, Maintenance, MaintenanceMiddleware, declare_actors
 from sagaledger.sagas._orchestrator import Orchestrator
 from sagaledger.store import RunRecord
 
@@ -31,6 +31,8 @@ class SagaWorker:
             :func:`~sagaledger.sagas.build_broker`).
         threads: Worker threads (runs driven at once).
         recovery_interval: How often the recovery pass looks for due runs.
+        queue: Prefix of the queue names (one queue per saga version), so that
+            several applications can share one Redis.
     """
 
     def __init__(
@@ -40,13 +42,14 @@ class SagaWorker:
         *,
         threads: int = 4,
         recovery_interval: timedelta = timedelta(seconds=2),
+        queue: str = QUEUE,
     ):
         self.orchestrator = orchestrator
         self.broker = broker
         self.maintenance = Maintenance(orchestrator, recovery_interval)
         # Middleware first: Dramatiq validates actor options against it at declaration.
         self.broker.add_middleware(MaintenanceMiddleware(self.maintenance))
-        self.actor = declare_actors(self.broker, orchestrator)
+        self.actor = declare_actors(self.broker, orchestrator, queue)
         # Built after the declaration and without queues=: it consumes every declared queue.
         self.worker = dramatiq.Worker(
             self.broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT_MS

@@ -1,0 +1,455 @@
+"""Recovery benchmark: the recovery pass's queries against a log of a million finished runs.
+
+Every worker runs the recovery pass every couple of seconds, so its queries must
+cost the same with a million finished runs in the log as with none. This loads
+N finished runs and M active ones into PostgreSQL (a throwaway server) and SQLite
+(a temp file), then times ``SagaLog.claim_due``, ``unserved_due`` and
+``heartbeat`` + ``live_definitions``, prints the plan of ``claim_due``'s
+statement, and beside it the peer figure: the same statement once the indexes
+that could serve it are dropped, so that it scans the table. See
+benchmarks/README.md for what each figure means.
+
+    python benchmarks/recovery_scale.py [--runs 1000000] [--active 1000] [--repeat 50]
+                                        [--backend all|postgres|sqlite] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, event, insert, text, update
+
+from sagaledger import SagaLog
+from sagaledger.store import create_store_engine, upgrade
+from sagaledger.store._schema import runs  # the bulk load writes the table directly
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.servers
+from tests.servers import PostgresServer  # noqa: E402
+
+SAGAS = ("order_fulfilment", "refund", "subscription_renewal")
+STEPS = ("reserve_inventory", "charge_payment", "create_erp_order", "send_email")
+#: Finished runs are spread over versions 1 and 2; the worker runs version 2.
+VERSIONS = (1, 2)
+#: What the benchmark's worker can run (saga name, version, fingerprint).
+DEFINITIONS = {(name, 2, hashlib.sha256(f"{name}:2".encode()).hexdigest()) for name in SAGAS}
+WORKER_ID = "bench-host:4242"
+GRACE = timedelta(seconds=10)  # the Orchestrator's default dispatch_grace
+LIVENESS = timedelta(seconds=30)  # the Orchestrator's default worker_liveness
+LIMIT = 500  # Orchestrator.recover's default
+#: Finished runs were created over this period, ending an hour before the benchmark's now.
+HISTORY = timedelta(days=30)
+#: Indexes that could serve the recovery query; the peer figure runs without them.
+RECOVERY_INDEXES = ("ix_sagaledger_runs_wake_at", "ix_sagaledger_runs_status_saga")
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _definitions_cte() -> str:
+    """``defs(k, name, version, fingerprint)``: run i has definition k = (i % 3) * 2 + (i % 5 > 0)."""
+    rows = [
+        (k * 2 + v - 1, name, version, hashlib.sha256(f"{name}:{version}".encode()).hexdigest())
+        for k, name in enumerate(SAGAS)
+        for v, version in enumerate(VERSIONS, start=1)
+    ]
+    values = ", ".join(f"({k}, '{n}', {v}, '{f}')" for k, n, v, f in rows)
+    return f"defs(k, name, version, fingerprint) AS (VALUES {values})"
+
+
+#: Columns of a finished run, in the order both bulk loads select them.
+_COLUMNS = (
+    "id, saga_name, saga_version, fingerprint, business_key, status, step_index, step, "
+    "attempt, input, lease_owner, lease_token, wake_at, dispatched_at, last_seq, "
+    "blocked_reason, last_error, created_at, updated_at"
+)
+#: One run in 20 was compensated (back to its first step), the others completed.
+_FINISHED = """
+    CASE WHEN i % 20 = 0 THEN 'compensated' ELSE 'completed' END,
+    CASE WHEN i % 20 = 0 THEN 0 ELSE 3 END,
+    CASE WHEN i % 20 = 0 THEN 'reserve_inventory' ELSE 'send_email' END,
+    1, {input}, NULL, 1, NULL, NULL,
+    CASE WHEN i % 20 = 0 THEN 13 ELSE 10 END, NULL,
+    CASE WHEN i % 20 = 0 THEN {error} END
+"""
+
+
+def load_postgres(engine: Engine, n: int, oldest: datetime, spacing: float) -> None:
+    """Insert ``n`` finished runs with one ``INSERT ... SELECT ... generate_series``."""
+    finished = _FINISHED.format(
+        input="jsonb_build_object('order_id', 'O-' || i, 'customer_id', 'C-' || i % 50000, "
+        "'amount_cents', 1000 + i % 90000, 'currency', 'EUR', 'lines', 1 + i % 4)",
+        error="jsonb_build_object('type', 'PaymentDeclined', 'message', 'card declined', "
+        "'retryable', false)",
+    )
+    statement = f"""
+        WITH {_definitions_cte()}
+        INSERT INTO sagaledger_runs ({_COLUMNS})
+        SELECT md5('run-' || i), defs.name, defs.version, defs.fingerprint, 'order-' || i,
+               {finished},
+               CAST(:oldest AS timestamptz) + make_interval(secs => i * :spacing),
+               CAST(:oldest AS timestamptz) + make_interval(secs => i * :spacing + 3)
+        FROM generate_series(1, :n) AS i
+        JOIN defs ON defs.k = (i % 3) * 2 + CASE WHEN i % 5 = 0 THEN 0 ELSE 1 END
+    """
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL synchronous_commit = off"))
+        conn.execute(text(statement), {"n": n, "oldest": oldest, "spacing": spacing})
+
+
+def load_sqlite(engine: Engine, n: int, oldest: datetime, spacing: float) -> None:
+    """Insert ``n`` finished runs with one ``INSERT ... SELECT`` over a recursive CTE."""
+    finished = _FINISHED.format(
+        input="json_object('order_id', 'O-' || i, 'customer_id', 'C-' || i % 50000, "
+        "'amount_cents', 1000 + i % 90000, 'currency', 'EUR', 'lines', 1 + i % 4)",
+        error="json_object('type', 'PaymentDeclined', 'message', 'card declined', "
+        "'retryable', json('false'))",
+    )
+    # The store keeps naive UTC as 'YYYY-MM-DD HH:MM:SS.ffffff' (SQLAlchemy's format).
+    stamp = "strftime('%Y-%m-%d %H:%M:%S', :oldest + i * :spacing{plus}, 'unixepoch') || '.000000'"
+    statement = f"""
+        WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < :n),
+        {_definitions_cte()}
+        INSERT INTO sagaledger_runs ({_COLUMNS})
+        SELECT lower(hex(randomblob(16))), defs.name, defs.version, defs.fingerprint,
+               'order-' || i, {finished},
+               {stamp.format(plus="")}, {stamp.format(plus=" + 3")}
+        FROM g JOIN defs ON defs.k = (i % 3) * 2 + CASE WHEN i % 5 = 0 THEN 0 ELSE 1 END
+    """
+    with engine.begin() as conn:
+        conn.execute(
+            text(statement), {"n": n, "oldest": int(oldest.timestamp()), "spacing": spacing}
+        )
+
+
+def active_runs(m: int, now: datetime) -> list[dict[str, Any]]:
+    """``m`` unfinished runs of the worker's definitions: half due now, half waiting.
+
+    The due half holds leases that expired up to a minute ago (a crashed worker);
+    the waiting half holds leases still running, or waits out a retry back-off
+    whose message is on its way.
+    """
+    definitions = sorted(DEFINITIONS)
+    rows = []
+    for i in range(m):
+        name, version, fingerprint = definitions[i % len(definitions)]
+        due, backoff = i % 2 == 0, i % 4 == 1
+        wake_at = now - timedelta(seconds=1 + i % 60) if due else now + timedelta(seconds=1 + i % 30)
+        rows.append(
+            {
+                "id": hashlib.md5(f"active-{i}".encode()).hexdigest(),
+                "saga_name": name,
+                "saga_version": version,
+                "fingerprint": fingerprint,
+                "business_key": f"active-{i}",
+                "status": "compensating" if i % 10 == 0 else "running",
+                "step_index": i % len(STEPS),
+                "step": STEPS[i % len(STEPS)],
+                "attempt": 1,
+                "input": {"order_id": f"A-{i}", "customer_id": f"C-{i}", "amount_cents": 1999},
+                "lease_owner": None if backoff else "crashed-host:17",
+                "lease_token": 2,
+                "wake_at": wake_at,
+                "dispatched_at": wake_at if backoff else None,
+                "last_seq": 4,
+                "blocked_reason": None,
+                "last_error": None,
+                "created_at": now - timedelta(minutes=5),
+                "updated_at": now - timedelta(minutes=1),
+            }
+        )
+    return rows
+
+
+def populate(log: SagaLog, n: int, m: int, now: datetime) -> float:
+    """Load ``n`` finished and ``m`` active runs; return the seconds the finished ones took."""
+    oldest = now - timedelta(hours=1) - HISTORY
+    load = load_postgres if log.engine.dialect.name == "postgresql" else load_sqlite
+    t0 = time.perf_counter()
+    load(log.engine, n, oldest, HISTORY.total_seconds() / max(n, 1))
+    elapsed = time.perf_counter() - t0
+    with log.engine.begin() as conn:
+        conn.execute(insert(runs), active_runs(m, now))
+    return elapsed
+
+
+def analyze(engine: Engine) -> None:
+    """Refresh planner statistics (and on Postgres the visibility map, as autovacuum would)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM (ANALYZE) sagaledger_runs"))
+    else:
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+        raw = engine.raw_connection()  # outside a transaction, where a checkpoint can run
+        try:  # fold the load's WAL into the file, as in steady state
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
+
+
+def sizes_mb(engine: Engine) -> dict[str, float]:
+    """On-disk size of the runs table and of its indexes."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            table, indexes = conn.execute(
+                text(
+                    "SELECT pg_table_size('sagaledger_runs'), "
+                    "pg_indexes_size('sagaledger_runs')"
+                )
+            ).one()
+        else:
+            page = conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096
+            count = conn.exec_driver_sql("PRAGMA page_count").scalar() or 0
+            table, indexes = page * count, 0  # one file: table and indexes together
+    return {"table_mb": table / 2**20, "indexes_mb": indexes / 2**20}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def timed(
+    call: Callable[[], int], repeat: int, expect: int, before: Callable[[], None] | None = None
+) -> dict[str, float]:
+    """Median and p95 (ms) of ``repeat`` calls after two warm-ups; each must return ``expect``."""
+    samples = []
+    for i in range(repeat + 2):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        got = call()
+        elapsed = (time.perf_counter() - t0) * 1000
+        if got != expect:
+            raise RuntimeError(f"expected {expect} rows, got {got}")
+        if i >= 2:
+            samples.append(elapsed)
+    return {"p50_ms": pct(samples, 50), "p95_ms": pct(samples, 95), "rows": expect}
+
+
+class Recovery:
+    """The recovery pass's calls on one log, at the benchmark's fixed ``now``."""
+
+    def __init__(self, log: SagaLog, now: datetime, due: int) -> None:
+        self.log, self.now, self.due = log, now, min(due, LIMIT)
+        #: Before every active run's wake-up time: nothing at all is due.
+        self.idle = now - timedelta(minutes=5)
+
+    def claim(self, at: datetime | None = None) -> int:
+        return len(self.log.claim_due(at or self.now, GRACE, DEFINITIONS, LIMIT))
+
+    def unserved(self) -> int:
+        return len(self.log.unserved_due(self.now, GRACE, DEFINITIONS, LIMIT))
+
+    def heartbeat(self) -> int:
+        self.log.heartbeat(WORKER_ID, DEFINITIONS, self.now)
+        return len(self.log.live_definitions(self.now - LIVENESS))
+
+    def reset(self) -> None:
+        """Undo what a claim did: the due runs are no longer marked dispatched."""
+        with self.log.engine.begin() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.wake_at <= self.now, runs.c.dispatched_at == self.now)
+                .values(dispatched_at=None)
+            )
+
+    def floor(self) -> int:
+        """One ``SELECT 1`` in a write transaction, as claim_due opens one."""
+        with self.log.engine.begin() as conn:
+            return int(conn.execute(text("SELECT 1")).scalar() or 0)
+
+    def claim_statement(self, at: datetime) -> tuple[str, Any]:
+        """The UPDATE claim_due sends to the database (SQL and parameters), taken as it goes."""
+        sent: list[tuple[str, Any]] = []
+
+        def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("UPDATE"):
+                sent.append((statement, parameters))
+
+        event.listen(self.log.engine, "before_cursor_execute", record)
+        try:
+            self.claim(at)
+        finally:
+            event.remove(self.log.engine, "before_cursor_execute", record)
+        self.reset()
+        return sent[0]
+
+
+def explain(log: SagaLog, statement: str, parameters: Any) -> list[str]:
+    """The plan of ``statement``: executed and rolled back on Postgres, planned on SQLite."""
+    with log.engine.connect() as conn:
+        if log.engine.dialect.name == "postgresql":
+            sql = "EXPLAIN (ANALYZE, BUFFERS) " + statement
+            lines = [str(r[0]) for r in conn.exec_driver_sql(sql, parameters)]
+        else:
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+            depth: dict[int, int] = {0: 0}
+            lines = []
+            for node, parent, _, detail in rows:
+                depth[node] = depth.get(parent, 0) + 1
+                lines.append("  " * (depth[node] - 1) + str(detail))
+        conn.rollback()
+    return lines
+
+
+def drop_recovery_indexes(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for name in RECOVERY_INDEXES:
+            conn.execute(text(f"DROP INDEX {name}"))
+    analyze(engine)
+
+
+def bench(log: SagaLog, n: int, m: int, repeat: int, peer_repeat: int) -> dict[str, Any]:
+    """Load, time every case with the shipped indexes, then without them (the peer)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    figures: dict[str, Any] = {"load_s": populate(log, n, m, now)}
+    r = Recovery(log, now, due=(m + 1) // 2)
+    plans: dict[str, list[str]] = {}
+    if log.engine.dialect.name == "sqlite":  # the store never runs ANALYZE itself
+        plans["claim_due, 500 due, before ANALYZE"] = explain(log, *r.claim_statement(now))
+    t0 = time.perf_counter()
+    analyze(log.engine)
+    figures["analyze_s"] = time.perf_counter() - t0
+    figures.update(sizes_mb(log.engine))
+
+    plans["claim_due, nothing due"] = explain(log, *r.claim_statement(r.idle))
+    plans["claim_due, 500 due"] = explain(log, *r.claim_statement(now))
+    figures["floor"] = timed(r.floor, repeat, 1)
+    figures["claim_idle"] = timed(lambda: r.claim(r.idle), repeat, 0)
+    figures["claim_due"] = timed(r.claim, repeat, r.due, before=r.reset)
+    r.claim()  # what the next pass of every worker sees: the due runs dispatched just now
+    figures["claim_dispatched"] = timed(r.claim, repeat, 0)
+    r.reset()
+    figures["unserved_due"] = timed(r.unserved, repeat, 0)
+    figures["heartbeat"] = timed(r.heartbeat, repeat, len(DEFINITIONS))
+
+    drop_recovery_indexes(log.engine)
+    plans["peer: claim_due, 500 due, recovery indexes dropped"] = explain(
+        log, *r.claim_statement(now)
+    )
+    figures["peer_claim_idle"] = timed(lambda: r.claim(r.idle), peer_repeat, 0)
+    figures["peer_claim_due"] = timed(r.claim, peer_repeat, r.due, before=r.reset)
+    for case in ("claim_idle", "claim_due"):
+        figures[f"peer_over_{case}"] = (
+            figures[f"peer_{case}"]["p50_ms"] / figures[case]["p50_ms"]
+        )
+    figures["plans"] = plans
+    return figures
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@contextmanager
+def postgres_log() -> Iterator[tuple[SagaLog, str]]:
+    with PostgresServer() as server:
+        url = server.create_database("recovery_bench")
+        upgrade(create_store_engine(url))
+        log = SagaLog.open(url)
+        with log.engine.connect() as conn:
+            version = str(conn.execute(text("SHOW server_version")).scalar())
+        try:
+            yield log, version.split()[0]
+        finally:
+            log.close()
+
+
+@contextmanager
+def sqlite_log() -> Iterator[tuple[SagaLog, str]]:
+    with tempfile.TemporaryDirectory(prefix="sagaledger-bench-") as tmp:
+        log = SagaLog.open(f"sqlite:///{tmp}/recovery.db")
+        try:
+            yield log, sqlite3.sqlite_version
+        finally:
+            log.close()
+
+
+BACKENDS = {"postgres": postgres_log, "sqlite": sqlite_log}
+
+ROWS = [  # (key, label)
+    ("claim_idle", "claim_due, nothing due"),
+    ("claim_due", "claim_due, {due} due (first call)"),
+    ("claim_dispatched", "claim_due, {due} dispatched < grace ago"),
+    ("unserved_due", "unserved_due, {due} due, all served"),
+    ("heartbeat", "heartbeat + live_definitions"),
+    ("floor", "floor: SELECT 1 in a write transaction"),
+    ("peer_claim_idle", "peer: claim_due, nothing due, full scan"),
+    ("peer_claim_due", "peer: claim_due, {due} due, full scan"),
+]
+
+
+def report(name: str, version: str, f: dict[str, Any], due: int, n: int) -> None:
+    print(
+        f"\n{name} {version}: {n:,} finished runs loaded in {f['load_s']:.1f} s, "
+        f"ANALYZE {f['analyze_s']:.1f} s, table {f['table_mb']:.0f} MB"
+        + (f" + indexes {f['indexes_mb']:.0f} MB" if f["indexes_mb"] else " (with indexes)")
+    )
+    labels = [label.format(due=due) for _, label in ROWS]
+    width = max(map(len, labels))
+    print(f"  {'':<{width}}  {'p50 ms':>9}  {'p95 ms':>9}  {'rows':>5}")
+    for (key, _), label in zip(ROWS, labels, strict=True):
+        x = f[key]
+        print(f"  {label:<{width}}  {x['p50_ms']:>9.3f}  {x['p95_ms']:>9.3f}  {x['rows']:>5}")
+    print(
+        f"  full scan / index (p50): nothing due {f['peer_over_claim_idle']:.0f}x, "
+        f"{due} due {f['peer_over_claim_due']:.0f}x"
+    )
+    for title, lines in f["plans"].items():
+        print(f"  plan of claim_due's UPDATE ({title}):")
+        for line in lines:
+            print(f"    {line}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=1_000_000, help="finished runs in the log")
+    parser.add_argument("--active", type=int, default=1_000, help="unfinished runs (half due)")
+    parser.add_argument("--repeat", type=int, default=50, help="timed calls per case")
+    parser.add_argument("--peer-repeat", type=int, default=20, help="timed calls per full scan")
+    parser.add_argument("--backend", choices=["all", *BACKENDS], default="all")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    args = parser.parse_args()
+    context: dict[str, Any] = {
+        "runs": args.runs,
+        "active": args.active,
+        "repeat": args.repeat,
+        "peer_repeat": args.peer_repeat,
+        "limit": LIMIT,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    results: dict[str, Any] = {}
+    if not args.json:
+        print("sagaledger recovery benchmark: " + ", ".join(f"{k} {v}" for k, v in context.items()))
+    for name in BACKENDS if args.backend == "all" else [args.backend]:
+        with BACKENDS[name]() as (log, version):
+            figures = bench(log, args.runs, args.active, args.repeat, args.peer_repeat)
+        results[name] = {"version": version, **figures}
+        if not args.json:
+            report(name, version, figures, min((args.active + 1) // 2, LIMIT), args.runs)
+    context["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    if args.json:
+        print(json.dumps({**context, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
