@@ -31,14 +31,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, insert, text, update
+from sqlalchemy import Engine, event, insert, select, text, update
 
 from sagaledger import SagaLog
 from sagaledger.store import create_store_engine, upgrade
 from sagaledger.store._schema import runs  # the bulk load writes the table directly
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.servers
-from tests.servers import PostgresServer  # noqa: E402
+from tests.servers import PostgresServer
 
 SAGAS = ("order_fulfilment", "refund", "subscription_renewal")
 STEPS = ("reserve_inventory", "charge_payment", "create_erp_order", "send_email")
@@ -49,11 +49,14 @@ DEFINITIONS = {(name, 2, hashlib.sha256(f"{name}:2".encode()).hexdigest()) for n
 WORKER_ID = "bench-host:4242"
 GRACE = timedelta(seconds=10)  # the Orchestrator's default dispatch_grace
 LIVENESS = timedelta(seconds=30)  # the Orchestrator's default worker_liveness
+LEASE = timedelta(seconds=30)  # the Orchestrator's default lease
 LIMIT = 500  # Orchestrator.recover's default
 #: Finished runs were created over this period, ending an hour before the benchmark's now.
 HISTORY = timedelta(days=30)
 #: Indexes that could serve the recovery query; the peer figure runs without them.
 RECOVERY_INDEXES = ("ix_sagaledger_runs_wake_at", "ix_sagaledger_runs_status_saga")
+#: Postgres autovacuums a table once a fifth of its rows are dead (autovacuum_vacuum_scale_factor).
+AUTOVACUUM_SCALE = 0.2
 
 
 def pct(values: list[float], q: float) -> float:
@@ -66,7 +69,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def _definitions_cte() -> str:
-    """``defs(k, name, version, fingerprint)``: run i has definition k = (i % 3) * 2 + (i % 5 > 0)."""
+    """``defs(k, name, version, fingerprint)``; run i is of k = (i % 3) * 2 + (i % 5 > 0)."""
     rows = [
         (k * 2 + v - 1, name, version, hashlib.sha256(f"{name}:{version}".encode()).hexdigest())
         for k, name in enumerate(SAGAS)
@@ -153,7 +156,9 @@ def active_runs(m: int, now: datetime) -> list[dict[str, Any]]:
     for i in range(m):
         name, version, fingerprint = definitions[i % len(definitions)]
         due, backoff = i % 2 == 0, i % 4 == 1
-        wake_at = now - timedelta(seconds=1 + i % 60) if due else now + timedelta(seconds=1 + i % 30)
+        wake_at = (
+            now - timedelta(seconds=1 + i % 60) if due else now + timedelta(seconds=1 + i % 30)
+        )
         rows.append(
             {
                 "id": hashlib.md5(f"active-{i}".encode()).hexdigest(),
@@ -192,17 +197,21 @@ def populate(log: SagaLog, n: int, m: int, now: datetime) -> float:
     return elapsed
 
 
-def analyze(engine: Engine) -> None:
-    """Refresh planner statistics (and on Postgres the visibility map, as autovacuum would)."""
+def vacuum(engine: Engine, analyze: bool = False) -> None:
+    """Postgres: remove dead row versions (and refresh statistics). SQLite: ANALYZE if asked.
+
+    SQLite updates rows in place and leaves nothing to vacuum; after the bulk
+    load its WAL is folded into the file, as it would be in steady state.
+    """
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM (ANALYZE) sagaledger_runs"))
-    else:
+            conn.execute(text(f"VACUUM {'(ANALYZE) ' if analyze else ''}sagaledger_runs"))
+    elif analyze:
         with engine.begin() as conn:
             conn.execute(text("ANALYZE"))
-        raw = engine.raw_connection()  # outside a transaction, where a checkpoint can run
-        try:  # fold the load's WAL into the file, as in steady state
-            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        raw = engine.raw_connection()  # a checkpoint runs outside a transaction
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             raw.close()
 
@@ -212,10 +221,7 @@ def sizes_mb(engine: Engine) -> dict[str, float]:
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             table, indexes = conn.execute(
-                text(
-                    "SELECT pg_table_size('sagaledger_runs'), "
-                    "pg_indexes_size('sagaledger_runs')"
-                )
+                text("SELECT pg_table_size('sagaledger_runs'), pg_indexes_size('sagaledger_runs')")
             ).one()
         else:
             page = conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096
@@ -230,7 +236,10 @@ def sizes_mb(engine: Engine) -> dict[str, float]:
 def timed(
     call: Callable[[], int], repeat: int, expect: int, before: Callable[[], None] | None = None
 ) -> dict[str, float]:
-    """Median and p95 (ms) of ``repeat`` calls after two warm-ups; each must return ``expect``."""
+    """Median and p95 (ms) of ``repeat`` calls after two warm-ups; each must return ``expect``.
+
+    ``first_ms`` is the first warm-up: the cold call.
+    """
     samples = []
     for i in range(repeat + 2):
         if before is not None:
@@ -240,9 +249,16 @@ def timed(
         elapsed = (time.perf_counter() - t0) * 1000
         if got != expect:
             raise RuntimeError(f"expected {expect} rows, got {got}")
+        if i == 0:
+            first = elapsed
         if i >= 2:
             samples.append(elapsed)
-    return {"p50_ms": pct(samples, 50), "p95_ms": pct(samples, 95), "rows": expect}
+    return {
+        "p50_ms": pct(samples, 50),
+        "p95_ms": pct(samples, 95),
+        "first_ms": first,
+        "rows": expect,
+    }
 
 
 class Recovery:
@@ -311,49 +327,85 @@ def explain(log: SagaLog, statement: str, parameters: Any) -> list[str]:
     return lines
 
 
-def drop_recovery_indexes(engine: Engine) -> None:
+def renew_leases(r: Recovery, dead: int) -> int:
+    """Leave ``dead`` dead row versions behind, as lease renewals do between vacuums.
+
+    Renews every waiting run's lease again and again, each time to a wake-up
+    time before ``r.idle`` (so that the dead versions are what a "nothing due"
+    pass walks over), then to ``now`` + 30 s. Returns the dead versions left.
+    """
+    waiting = runs.c.wake_at > r.now
+    with r.log.engine.connect() as conn:
+        ids = list(conn.execute(select(runs.c.id).where(waiting)).scalars())
+    renewals = math.ceil(dead / max(len(ids), 1))
+    for k in range(renewals + 1):
+        wake_at = r.idle - timedelta(seconds=renewals - k) if k < renewals else r.now + LEASE
+        with r.log.engine.begin() as conn:  # one transaction per renewal, as LeaseKeeper does
+            conn.execute(update(runs).where(runs.c.id.in_(ids)).values(wake_at=wake_at))
+    return (renewals + 1) * len(ids)
+
+
+def set_recovery_indexes(engine: Engine, present: bool) -> None:
+    """Drop the indexes that could serve the recovery query, or create them as shipped."""
     with engine.begin() as conn:
-        for name in RECOVERY_INDEXES:
-            conn.execute(text(f"DROP INDEX {name}"))
-    analyze(engine)
+        for index in runs.indexes:
+            if index.name in RECOVERY_INDEXES and present:
+                index.create(conn)
+            elif index.name in RECOVERY_INDEXES:
+                index.drop(conn)
+    vacuum(engine, analyze=True)
 
 
-def bench(log: SagaLog, n: int, m: int, repeat: int, peer_repeat: int) -> dict[str, Any]:
-    """Load, time every case with the shipped indexes, then without them (the peer)."""
+def bench(log: SagaLog, n: int, m: int, repeat: int, peer_repeat: int, dead: int) -> dict[str, Any]:
+    """Load; time every case with the shipped indexes, without them (the peer), after churn."""
     now = datetime.now(UTC).replace(microsecond=0)
-    figures: dict[str, Any] = {"load_s": populate(log, n, m, now)}
+    sqlite = log.engine.dialect.name == "sqlite"
+    f: dict[str, Any] = {"load_s": populate(log, n, m, now)}
     r = Recovery(log, now, due=(m + 1) // 2)
     plans: dict[str, list[str]] = {}
-    if log.engine.dialect.name == "sqlite":  # the store never runs ANALYZE itself
-        plans["claim_due, 500 due, before ANALYZE"] = explain(log, *r.claim_statement(now))
+    if sqlite:  # the store never runs ANALYZE itself: this is what an embedded log gets
+        plans["nothing due, before ANALYZE"] = explain(log, *r.claim_statement(r.idle))
+        f["claim_idle_no_stats"] = timed(lambda: r.claim(r.idle), repeat, 0)
     t0 = time.perf_counter()
-    analyze(log.engine)
-    figures["analyze_s"] = time.perf_counter() - t0
-    figures.update(sizes_mb(log.engine))
+    vacuum(log.engine, analyze=True)
+    f["analyze_s"] = time.perf_counter() - t0
+    f.update(sizes_mb(log.engine))
 
-    plans["claim_due, nothing due"] = explain(log, *r.claim_statement(r.idle))
-    plans["claim_due, 500 due"] = explain(log, *r.claim_statement(now))
-    figures["floor"] = timed(r.floor, repeat, 1)
-    figures["claim_idle"] = timed(lambda: r.claim(r.idle), repeat, 0)
-    figures["claim_due"] = timed(r.claim, repeat, r.due, before=r.reset)
-    r.claim()  # what the next pass of every worker sees: the due runs dispatched just now
-    figures["claim_dispatched"] = timed(r.claim, repeat, 0)
+    plans["nothing due"] = explain(log, *r.claim_statement(r.idle))
+    plans[f"{r.due} due"] = explain(log, *r.claim_statement(now))
+    # Each case starts without dead row versions (Postgres): see renew_leases for them.
+    cases: list[tuple[str, Callable[[], int], int, Callable[[], None] | None]] = [
+        ("floor", r.floor, 1, None),
+        ("claim_idle", lambda: r.claim(r.idle), 0, None),
+        ("claim_due", r.claim, r.due, r.reset),
+        ("claim_dispatched", r.claim, 0, None),
+        ("unserved_due", r.unserved, 0, None),
+        ("heartbeat", r.heartbeat, len(DEFINITIONS), None),
+    ]
+    for key, call, expect, before in cases:
+        r.reset()
+        if key == "claim_dispatched":
+            r.claim()  # what every worker's next pass sees: the due runs dispatched just now
+        vacuum(log.engine)
+        f[key] = timed(call, repeat, expect, before)
     r.reset()
-    figures["unserved_due"] = timed(r.unserved, repeat, 0)
-    figures["heartbeat"] = timed(r.heartbeat, repeat, len(DEFINITIONS))
 
-    drop_recovery_indexes(log.engine)
-    plans["peer: claim_due, 500 due, recovery indexes dropped"] = explain(
-        log, *r.claim_statement(now)
-    )
-    figures["peer_claim_idle"] = timed(lambda: r.claim(r.idle), peer_repeat, 0)
-    figures["peer_claim_due"] = timed(r.claim, peer_repeat, r.due, before=r.reset)
+    set_recovery_indexes(log.engine, present=False)
+    plans[f"{r.due} due, recovery indexes dropped"] = explain(log, *r.claim_statement(now))
+    f["peer_claim_idle"] = timed(lambda: r.claim(r.idle), peer_repeat, 0)
+    f["peer_claim_due"] = timed(r.claim, peer_repeat, r.due, before=r.reset)
     for case in ("claim_idle", "claim_due"):
-        figures[f"peer_over_{case}"] = (
-            figures[f"peer_{case}"]["p50_ms"] / figures[case]["p50_ms"]
-        )
-    figures["plans"] = plans
-    return figures
+        f[f"peer_over_{case}"] = f[f"peer_{case}"]["p50_ms"] / f[case]["p50_ms"]
+    r.reset()
+
+    set_recovery_indexes(log.engine, present=True)
+    f["dead_versions"] = renew_leases(r, dead)
+    f["claim_idle_dead"] = timed(lambda: r.claim(r.idle), repeat, 0)
+    plans[f"nothing due, {f['dead_versions']:,} dead versions"] = explain(
+        log, *r.claim_statement(r.idle)
+    )
+    f["plans"] = plans
+    return f
 
 
 # --------------------------------------------------------------------------- backends
@@ -363,10 +415,14 @@ def bench(log: SagaLog, n: int, m: int, repeat: int, peer_repeat: int) -> dict[s
 def postgres_log() -> Iterator[tuple[SagaLog, str]]:
     with PostgresServer() as server:
         url = server.create_database("recovery_bench")
-        upgrade(create_store_engine(url))
+        migrating = create_store_engine(url)
+        upgrade(migrating)
+        migrating.dispose()
         log = SagaLog.open(url)
-        with log.engine.connect() as conn:
+        with log.engine.begin() as conn:
             version = str(conn.execute(text("SHOW server_version")).scalar())
+            # The script vacuums when it means to; autovacuum would blur the churn case.
+            conn.execute(text("ALTER TABLE sagaledger_runs SET (autovacuum_enabled = off)"))
         try:
             yield log, version.split()[0]
         finally:
@@ -385,16 +441,19 @@ def sqlite_log() -> Iterator[tuple[SagaLog, str]]:
 
 BACKENDS = {"postgres": postgres_log, "sqlite": sqlite_log}
 
-ROWS = [  # (key, label)
+ROWS = [  # (key, label); rows a backend lacks are left out
     ("claim_idle", "claim_due, nothing due"),
     ("claim_due", "claim_due, {due} due (first call)"),
     ("claim_dispatched", "claim_due, {due} dispatched < grace ago"),
     ("unserved_due", "unserved_due, {due} due, all served"),
     ("heartbeat", "heartbeat + live_definitions"),
     ("floor", "floor: SELECT 1 in a write transaction"),
+    ("claim_idle_no_stats", "claim_due, nothing due, before ANALYZE"),
+    ("claim_idle_dead", "claim_due, nothing due, {dead:,} dead versions"),
     ("peer_claim_idle", "peer: claim_due, nothing due, full scan"),
     ("peer_claim_due", "peer: claim_due, {due} due, full scan"),
 ]
+PLAN_WIDTH = 150  # longer plan lines are cut in the table (JSON has them whole)
 
 
 def report(name: str, version: str, f: dict[str, Any], due: int, n: int) -> None:
@@ -403,20 +462,24 @@ def report(name: str, version: str, f: dict[str, Any], due: int, n: int) -> None
         f"ANALYZE {f['analyze_s']:.1f} s, table {f['table_mb']:.0f} MB"
         + (f" + indexes {f['indexes_mb']:.0f} MB" if f["indexes_mb"] else " (with indexes)")
     )
-    labels = [label.format(due=due) for _, label in ROWS]
-    width = max(map(len, labels))
-    print(f"  {'':<{width}}  {'p50 ms':>9}  {'p95 ms':>9}  {'rows':>5}")
-    for (key, _), label in zip(ROWS, labels, strict=True):
+    rows = [(k, label.format(due=due, dead=f["dead_versions"])) for k, label in ROWS if k in f]
+    width = max(len(label) for _, label in rows)
+    print(f"  {'':<{width}}  {'p50 ms':>9}  {'p95 ms':>9}  {'first ms':>9}  {'rows':>5}")
+    for key, label in rows:
         x = f[key]
-        print(f"  {label:<{width}}  {x['p50_ms']:>9.3f}  {x['p95_ms']:>9.3f}  {x['rows']:>5}")
+        print(
+            f"  {label:<{width}}  {x['p50_ms']:>9.3f}  {x['p95_ms']:>9.3f}  "
+            f"{x['first_ms']:>9.3f}  {x['rows']:>5}"
+        )
     print(
         f"  full scan / index (p50): nothing due {f['peer_over_claim_idle']:.0f}x, "
         f"{due} due {f['peer_over_claim_due']:.0f}x"
     )
     for title, lines in f["plans"].items():
-        print(f"  plan of claim_due's UPDATE ({title}):")
+        print(f"  plan of claim_due's UPDATE, {title}:")
         for line in lines:
-            print(f"    {line}")
+            cut = line if len(line) <= PLAN_WIDTH else line[: PLAN_WIDTH - 3] + "..."
+            print(f"    {cut}")
 
 
 def main() -> None:
@@ -425,9 +488,17 @@ def main() -> None:
     parser.add_argument("--active", type=int, default=1_000, help="unfinished runs (half due)")
     parser.add_argument("--repeat", type=int, default=50, help="timed calls per case")
     parser.add_argument("--peer-repeat", type=int, default=20, help="timed calls per full scan")
+    parser.add_argument(
+        "--dead",
+        type=int,
+        help="dead row versions for the churn case (default: what autovacuum lets pile up)",
+    )
     parser.add_argument("--backend", choices=["all", *BACKENDS], default="all")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args()
+    if args.active < 2:
+        parser.error("--active must be at least 2 (one due run, one waiting)")
+    dead = args.dead if args.dead is not None else int(AUTOVACUUM_SCALE * (args.runs + args.active))
     context: dict[str, Any] = {
         "runs": args.runs,
         "active": args.active,
@@ -441,8 +512,10 @@ def main() -> None:
     if not args.json:
         print("sagaledger recovery benchmark: " + ", ".join(f"{k} {v}" for k, v in context.items()))
     for name in BACKENDS if args.backend == "all" else [args.backend]:
+        t0 = time.perf_counter()
         with BACKENDS[name]() as (log, version):
-            figures = bench(log, args.runs, args.active, args.repeat, args.peer_repeat)
+            figures = bench(log, args.runs, args.active, args.repeat, args.peer_repeat, dead)
+        figures["total_s"] = time.perf_counter() - t0
         results[name] = {"version": version, **figures}
         if not args.json:
             report(name, version, figures, min((args.active + 1) // 2, LIMIT), args.runs)

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from sagaledger.store import SagaLog, create_store_engine, upgrade
-from tests.servers import PostgresServer, find_postgres_bindir
+from tests.servers import PostgresServer, RedisServer, find_postgres_bindir, redis_available
 
 _db_names = itertools.count()
 
@@ -51,3 +52,21 @@ def saga_log(store_url: str) -> Iterator[SagaLog]:
     log = SagaLog.open(store_url)
     yield log
     log.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole run."""
+    if not redis_available():
+        pytest.fail("redis-server is not installed: run scripts/ensure-servers")
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied of the previous test's messages and limits."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url

@@ -22,14 +22,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from sagaledger import Orchestrator, RunStatus, SagaLog
 from sagaledger.sagas import build_broker, declare_actors
 from sagaledger.store import RunRecord
 from tests import ledger_app
 from tests.cli.test_cli import _env, sagaledger
-from tests.servers import PostgresServer, RedisServer, redis_available
+from tests.servers import PostgresServer, RedisServer
 
 #: The repository root: workers import ``tests.ledger_app`` from their working directory.
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,24 +42,6 @@ FAST = {
 
 
 # -- servers and processes ----------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One real redis-server for the whole run."""
-    if not redis_available():
-        pytest.fail("redis-server is not installed: run scripts/ensure-servers")
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The session's Redis, emptied of the previous test's messages."""
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    client.close()
-    return redis_server.url
 
 
 def migrate(url: str) -> str:

@@ -27,7 +27,6 @@ import pytest
 from pydantic import ValidationError
 
 from sagaledger.connectors import MemoryRateLimiter, RateLimit, RateLimiter, RedisRateLimiter
-from tests.servers import RedisServer, redis_available
 
 #: A grant's time is known to within its asked-to-granted reads, typically a few
 #: ms; past this (median) the window check would be too loose to mean anything.
@@ -182,20 +181,6 @@ def most_at_once(grants: list[Grant]) -> int:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """One real redis-server for this module's tests."""
-    if not redis_available():
-        pytest.fail("redis-server is not installed: run scripts/ensure-servers")
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
 
 
 @pytest.fixture

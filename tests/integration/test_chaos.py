@@ -42,7 +42,8 @@ WORKER_ENV = {
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own: it is killed and wiped mid-run."""
     if not redis_available():
         pytest.fail("redis-server is not installed: run scripts/ensure-servers")
     with RedisServer() as server:
@@ -92,19 +93,19 @@ def unfinished(log: SagaLog) -> int | None:
     return sum(n for status, n in counts.items() if RunStatus(status).active)
 
 
-def test_chaos(postgres_server: PostgresServer, redis_server: RedisServer, tmp_path: Path) -> None:
+def test_chaos(postgres_server: PostgresServer, own_redis: RedisServer, tmp_path: Path) -> None:
     rng = random.Random(20261122)
     store = postgres_server.create_database("chaos")
     log = SagaLog.open(store, upgrade=True)
     upgrade(log.engine)
     ledger = str(tmp_path / "ledger.db")
-    fleet = Fleet(store, redis_server.url, tmp_path)
+    fleet = Fleet(store, own_redis.url, tmp_path)
     for _ in range(WORKERS):
         fleet.spawn()
 
     # Given 500 runs started through Redis, one in ten failing late
     starter = Orchestrator(log, registry)
-    declare_actors(build_broker(redis_server.url), starter)
+    declare_actors(build_broker(own_redis.url), starter)
     started = []
     for i in range(RUNS):
         order = {"order_id": str(i), "ledger": ledger, "pause_ms": 20}
@@ -126,8 +127,8 @@ def test_chaos(postgres_server: PostgresServer, redis_server: RedisServer, tmp_p
             fleet.spawn()
             kills += 1
             if not redis_wiped and elapsed > 3:
-                redis_server.kill()
-                redis_server.restart(wipe_data=True)
+                own_redis.kill()
+                own_redis.restart(wipe_data=True)
                 redis_wiped = True
             elif redis_wiped and not postgres_restarted and elapsed > 8:
                 postgres_server.restart()

@@ -20,8 +20,8 @@ from sagaledger import Orchestrator, Registry, RunStatus, SagaLog
 from sagaledger.sagas import SagaWorker, build_broker, declare_actors
 from sagaledger.store import EventType
 from tests import ledger_app, limited_app
+from tests.helpers import wait_finished
 from tests.sagas.test_embedded import DeliverTwice
-from tests.servers import RedisServer, redis_available
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {
@@ -30,14 +30,6 @@ ENV = {
     "SAGALEDGER_DISPATCH_GRACE_SECONDS": "3",
     "PYTHONPATH": str(ROOT),
 }
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if not redis_available():
-        pytest.fail("redis-server is not installed: run scripts/ensure-servers")
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -74,13 +66,6 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         assert proc.wait(timeout=30) == 0
 
 
-def wait_finished(log: SagaLog, run_ids: list[str], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while any(log.get_run(r).status.active for r in run_ids):
-        assert time.monotonic() < deadline, "runs did not finish"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def remote() -> Iterator[str]:
     """The simulated remote side, in its own process; yields its URL."""
@@ -95,13 +80,13 @@ def remote() -> Iterator[str]:
 
 
 def test_a_rate_limit_holds_across_three_workers(
-    store: SagaLog, redis_server: RedisServer, remote: str, tmp_path: Path
+    store: SagaLog, redis_url: str, remote: str, tmp_path: Path
 ) -> None:
-    workers = start_workers("tests.limited_app:registry", store, redis_server.url, 3, tmp_path)
+    workers = start_workers("tests.limited_app:registry", store, redis_url, 3, tmp_path)
     try:
         # Given 40 runs that each make one call, limited to 5 calls per second
         starter = Orchestrator(store, limited_app.registry)
-        declare_actors(build_broker(redis_server.url), starter)
+        declare_actors(build_broker(redis_url), starter)
         runs = [starter.start("limited", {"url": remote}).id for _ in range(40)]
         wait_finished(store, runs)
     finally:
@@ -120,15 +105,15 @@ def test_a_rate_limit_holds_across_three_workers(
 
 
 def test_two_deploys_run_side_by_side_each_on_its_own_version(
-    store: SagaLog, redis_server: RedisServer, tmp_path: Path
+    store: SagaLog, redis_url: str, tmp_path: Path
 ) -> None:
     ledger = str(tmp_path / "ledger.db")
-    old = start_workers("tests.ledger_app:registry", store, redis_server.url, 1, tmp_path)
-    new = start_workers("tests.ledger_app:registry_v2", store, redis_server.url, 1, tmp_path)
+    old = start_workers("tests.ledger_app:registry", store, redis_url, 1, tmp_path)
+    new = start_workers("tests.ledger_app:registry_v2", store, redis_url, 1, tmp_path)
     v1_starter = Orchestrator(store, ledger_app.registry)
-    declare_actors(build_broker(redis_server.url), v1_starter)
+    declare_actors(build_broker(redis_url), v1_starter)
     v2_starter = Orchestrator(store, Registry([ledger_app.order_saga_v2]))
-    declare_actors(build_broker(redis_server.url), v2_starter)
+    declare_actors(build_broker(redis_url), v2_starter)
     try:
         # Runs started on v1 before the deploy, and v2 runs after it, interleaved
         v1_runs, v2_runs = [], []
@@ -151,10 +136,10 @@ def test_two_deploys_run_side_by_side_each_on_its_own_version(
 
 
 def test_every_message_delivered_twice_over_redis_changes_nothing(
-    store: SagaLog, redis_server: RedisServer, tmp_path: Path
+    store: SagaLog, redis_url: str, tmp_path: Path
 ) -> None:
     ledger = str(tmp_path / "ledger.db")
-    broker = build_broker(redis_server.url)
+    broker = build_broker(redis_url)
     broker.add_middleware(DeliverTwice())
     orchestrator = Orchestrator(store, ledger_app.registry, lease=timedelta(seconds=5))
     with SagaWorker(orchestrator, broker, threads=4):

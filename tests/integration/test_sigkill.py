@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from sagaledger import Orchestrator, RunStatus, SagaLog
 from sagaledger.store import EventType, RunRecord
 from tests import ledger_app
+from tests.helpers import wait_finished
 from tests.ledger_app import STEPS, registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,16 +31,6 @@ def spawn_worker(store_url: str, crash: str | None = None) -> subprocess.Popen[b
     return subprocess.Popen(
         args + ([crash] if crash else []), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
-
-
-def wait_finished(log: SagaLog, run_id: str, timeout: float = 60) -> RunRecord:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = log.get_run(run_id)
-        if not run.status.active:
-            return run
-        time.sleep(0.05)
-    raise AssertionError(f"run {run_id} still {log.get_run(run_id).status} after {timeout}s")
 
 
 @pytest.fixture
@@ -64,7 +54,7 @@ def crash_then_recover(
     # Then a fresh worker resumes it from its checkpoint
     survivor = spawn_worker(store_url)
     try:
-        return wait_finished(log, run.id)
+        return wait_finished(log, [run.id])[0]
     finally:
         survivor.send_signal(signal.SIGTERM)
         assert survivor.wait(timeout=30) == 0

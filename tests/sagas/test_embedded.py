@@ -14,6 +14,7 @@ import pytest
 from sagaledger import EmbeddedWorker, Orchestrator, RunStatus, SagaLog
 from sagaledger.store import EventType
 from tests import ledger_app
+from tests.helpers import wait_finished
 from tests.ledger_app import STEPS, registry
 
 
@@ -34,13 +35,6 @@ def orchestrator(store_url: str) -> Iterator[Orchestrator]:
     log.close()
 
 
-def wait_all(log: SagaLog, run_ids: list[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while any(log.get_run(r).status.active for r in run_ids):
-        assert time.monotonic() < deadline, "runs did not finish"
-        time.sleep(0.05)
-
-
 def test_concurrent_runs_on_worker_threads_each_finish_once(
     orchestrator: Orchestrator, tmp_path: Path
 ) -> None:
@@ -57,7 +51,7 @@ def test_concurrent_runs_on_worker_threads_each_finish_once(
             )
             for i in range(24)
         ]
-        wait_all(orchestrator.log, [r.id for r in runs])
+        wait_finished(orchestrator.log, [r.id for r in runs])
     statuses = [orchestrator.log.get_run(r.id).status for r in runs]
     assert statuses.count(RunStatus.COMPENSATED) == 8 and statuses.count(RunStatus.COMPLETED) == 16
     calls = ledger_app.calls(ledger)
@@ -75,7 +69,7 @@ def test_every_message_delivered_twice_changes_nothing(
         runs = [
             orchestrator.start("order", {"order_id": str(i), "ledger": ledger}) for i in range(10)
         ]
-        wait_all(orchestrator.log, [r.id for r in runs])
+        wait_finished(orchestrator.log, [r.id for r in runs])
         time.sleep(0.3)  # let the duplicates arrive and be dropped
     for run in runs:
         events = orchestrator.log.events(run.id)
