@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -156,3 +157,28 @@ def test_a_short_id_prefix_matches_literally(saga_log: SagaLog) -> None:
     new_run(saga_log, "ab_1", "k1")
     new_run(saga_log, "abx2", "k2")
     assert saga_log.find_runs("ab_") == ["ab_1"]
+
+
+def test_concurrent_recovery_passes_never_take_the_same_run(saga_log: SagaLog) -> None:
+    # Given 200 due runs and four recovery passes running at the same moment
+    for i in range(200):
+        new_run(saga_log, f"r{i}", f"k{i}")
+    later = NOW + timedelta(minutes=1)
+    taken: list[list[str]] = [[] for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def recover(slot: int) -> None:
+        barrier.wait()
+        while batch := saga_log.claim_due(later, timedelta(seconds=10), MINE, limit=20):
+            taken[slot].extend(run.id for run in batch)
+
+    threads = [threading.Thread(target=recover, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # Then every run was taken exactly once
+    everything = [run_id for batch in taken for run_id in batch]
+    assert sorted(everything) == sorted(f"r{i}" for i in range(200))
+    assert sum(1 for batch in taken if batch) >= 2  # the passes really overlapped
