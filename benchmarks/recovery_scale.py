@@ -6,11 +6,12 @@ N finished runs and M active ones into PostgreSQL (a throwaway server) and SQLit
 (a temp file), then times ``SagaLog.claim_due``, ``unserved_due`` and
 ``heartbeat`` + ``live_definitions``, prints the plan of ``claim_due``'s
 statement, and beside it the peer figure: the same statement once the indexes
-that could serve it are dropped, so that it scans the table. See
-benchmarks/README.md for what each figure means.
+that could serve it are dropped, so that it scans the table. Last, it renews
+leases until Postgres holds as many dead row versions as autovacuum lets pile
+up, and times the pass again. See benchmarks/README.md for what each figure means.
 
     python benchmarks/recovery_scale.py [--runs 1000000] [--active 1000] [--repeat 50]
-                                        [--backend all|postgres|sqlite] [--json]
+        [--peer-repeat 20] [--renewals N] [--backend all|postgres|sqlite] [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import sqlite3
 import sys
 import tempfile
@@ -31,7 +33,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
 from sqlalchemy import Engine, event, insert, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from sagaledger import SagaLog
 from sagaledger.store import create_store_engine, upgrade
@@ -197,11 +201,19 @@ def populate(log: SagaLog, n: int, m: int, now: datetime) -> float:
     return elapsed
 
 
+def checkpoint(engine: Engine) -> None:
+    """SQLite: fold the WAL into the database file, as it is in steady state after a load."""
+    raw = engine.raw_connection()  # a checkpoint runs outside a transaction
+    try:
+        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
+
+
 def vacuum(engine: Engine, analyze: bool = False) -> None:
     """Postgres: remove dead row versions (and refresh statistics). SQLite: ANALYZE if asked.
 
-    SQLite updates rows in place and leaves nothing to vacuum; after the bulk
-    load its WAL is folded into the file, as it would be in steady state.
+    SQLite updates rows in place and leaves nothing to vacuum.
     """
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -209,24 +221,29 @@ def vacuum(engine: Engine, analyze: bool = False) -> None:
     elif analyze:
         with engine.begin() as conn:
             conn.execute(text("ANALYZE"))
-        raw = engine.raw_connection()  # a checkpoint runs outside a transaction
-        try:
-            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            raw.close()
 
 
-def sizes_mb(engine: Engine) -> dict[str, float]:
+def sizes_mb(engine: Engine) -> dict[str, float | None]:
     """On-disk size of the runs table and of its indexes."""
+    postgres = "SELECT pg_table_size('sagaledger_runs'), pg_indexes_size('sagaledger_runs')"
+    # SQLite's dbstat table (if compiled in) sizes each table and index of the file.
+    sqlite = """
+        SELECT SUM(CASE s.type WHEN 'table' THEN d.pgsize END),
+               SUM(CASE s.type WHEN 'index' THEN d.pgsize END)
+        FROM dbstat AS d JOIN sqlite_schema AS s ON s.name = d.name
+        WHERE d.aggregate = TRUE AND s.tbl_name = 'sagaledger_runs'
+    """
+    query = postgres if engine.dialect.name == "postgresql" else sqlite
     with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            table, indexes = conn.execute(
-                text("SELECT pg_table_size('sagaledger_runs'), pg_indexes_size('sagaledger_runs')")
-            ).one()
-        else:
-            page = conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096
-            count = conn.exec_driver_sql("PRAGMA page_count").scalar() or 0
-            table, indexes = page * count, 0  # one file: table and indexes together
+        try:
+            table, indexes = conn.exec_driver_sql(query).one()
+        except OperationalError:  # no dbstat: the whole file, indexes included
+            conn.rollback()
+            whole = "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size"
+            return {
+                "table_mb": conn.exec_driver_sql(whole).scalar_one() / 2**20,
+                "indexes_mb": None,
+            }
     return {"table_mb": table / 2**20, "indexes_mb": indexes / 2**20}
 
 
@@ -314,8 +331,8 @@ def explain(log: SagaLog, statement: str, parameters: Any) -> list[str]:
     """The plan of ``statement``: executed and rolled back on Postgres, planned on SQLite."""
     with log.engine.connect() as conn:
         if log.engine.dialect.name == "postgresql":
-            sql = "EXPLAIN (ANALYZE, BUFFERS) " + statement
-            lines = [str(r[0]) for r in conn.exec_driver_sql(sql, parameters)]
+            query = "EXPLAIN (ANALYZE, BUFFERS) " + statement
+            lines = [str(r[0]) for r in conn.exec_driver_sql(query, parameters)]
         else:
             rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
             depth: dict[int, int] = {0: 0}
@@ -327,22 +344,64 @@ def explain(log: SagaLog, statement: str, parameters: Any) -> list[str]:
     return lines
 
 
-def renew_leases(r: Recovery, dead: int) -> int:
-    """Leave ``dead`` dead row versions behind, as lease renewals do between vacuums.
+def explain_generic(log: SagaLog, statement: str, parameters: dict[str, Any]) -> list[str]:
+    """Postgres: the plan of ``statement`` made once for any parameters (a generic plan).
 
-    Renews every waiting run's lease again and again, each time to a wake-up
-    time before ``r.idle`` (so that the dead versions are what a "nothing due"
-    pass walks over), then to ``now`` + 30 s. Returns the dead versions left.
+    psycopg prepares a statement it has run 5 times on a connection, and Postgres
+    may then stop planning it for each call's values; this is that plan, for
+    these values, executed and rolled back.
     """
-    waiting = runs.c.wake_at > r.now
+    names: dict[str, str] = {}
+
+    def number(match: re.Match[str]) -> str:  # %(name)s -> $n, in order of first use
+        return names.setdefault(match[1], f"${len(names) + 1}")
+
+    numbered = re.sub(r"%\((\w+)\)s", number, statement).replace("%%", "%")
+    with log.engine.connect() as conn:
+        pg = conn.connection.driver_connection
+        values = ", ".join(sql.Literal(parameters[name]).as_string(pg) for name in names)
+        conn.exec_driver_sql(f"PREPARE bench_claim AS {numbered}")
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        explained = f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_claim({values})"
+        lines = [str(r[0]) for r in conn.exec_driver_sql(explained)]
+        conn.rollback()
+        conn.exec_driver_sql("DEALLOCATE bench_claim")  # PREPARE outlives a rollback
+        conn.rollback()
+    return lines
+
+
+def renew_leases(r: Recovery, updates: int) -> int:
+    """Update waiting runs' rows about ``updates`` times, as lease renewals do; return how many.
+
+    Every waiting run's lease is renewed again and again, each time to a
+    wake-up time before ``r.idle``, then to ``now`` + 30 s. On Postgres each
+    update leaves a dead row version, and its entry in the wake_at index, until
+    a vacuum; a "nothing due" pass at ``r.idle`` walks over all of them.
+    """
     with r.log.engine.connect() as conn:
-        ids = list(conn.execute(select(runs.c.id).where(waiting)).scalars())
-    renewals = math.ceil(dead / max(len(ids), 1))
+        ids = list(conn.execute(select(runs.c.id).where(runs.c.wake_at > r.now)).scalars())
+    renewals = math.ceil(updates / max(len(ids), 1))
     for k in range(renewals + 1):
         wake_at = r.idle - timedelta(seconds=renewals - k) if k < renewals else r.now + LEASE
         with r.log.engine.begin() as conn:  # one transaction per renewal, as LeaseKeeper does
             conn.execute(update(runs).where(runs.c.id.in_(ids)).values(wake_at=wake_at))
     return (renewals + 1) * len(ids)
+
+
+@contextmanager
+def older_transaction(log: SagaLog) -> Iterator[None]:
+    """Postgres: hold a snapshot open, as a long report or an idle-in-transaction session does.
+
+    While it is open no dead row version younger than it can be removed, nor
+    its index entry marked dead, so every scan visits them again.
+    """
+    if log.engine.dialect.name != "postgresql":
+        yield
+        return
+    with log.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        conn.execute(text("SELECT 1"))  # takes the snapshot
+        yield
+        conn.rollback()
 
 
 def set_recovery_indexes(engine: Engine, present: bool) -> None:
@@ -356,7 +415,9 @@ def set_recovery_indexes(engine: Engine, present: bool) -> None:
     vacuum(engine, analyze=True)
 
 
-def bench(log: SagaLog, n: int, m: int, repeat: int, peer_repeat: int, dead: int) -> dict[str, Any]:
+def bench(
+    log: SagaLog, n: int, m: int, repeat: int, peer_repeat: int, updates: int
+) -> dict[str, Any]:
     """Load; time every case with the shipped indexes, without them (the peer), after churn."""
     now = datetime.now(UTC).replace(microsecond=0)
     sqlite = log.engine.dialect.name == "sqlite"
@@ -364,6 +425,7 @@ def bench(log: SagaLog, n: int, m: int, repeat: int, peer_repeat: int, dead: int
     r = Recovery(log, now, due=(m + 1) // 2)
     plans: dict[str, list[str]] = {}
     if sqlite:  # the store never runs ANALYZE itself: this is what an embedded log gets
+        checkpoint(log.engine)
         plans["nothing due, before ANALYZE"] = explain(log, *r.claim_statement(r.idle))
         f["claim_idle_no_stats"] = timed(lambda: r.claim(r.idle), repeat, 0)
     t0 = time.perf_counter()
@@ -373,7 +435,9 @@ def bench(log: SagaLog, n: int, m: int, repeat: int, peer_repeat: int, dead: int
 
     plans["nothing due"] = explain(log, *r.claim_statement(r.idle))
     plans[f"{r.due} due"] = explain(log, *r.claim_statement(now))
-    # Each case starts without dead row versions (Postgres): see renew_leases for them.
+    if not sqlite:  # SQLite plans a statement once for any values, as EXPLAIN shows
+        plans[f"{r.due} due, generic plan"] = explain_generic(log, *r.claim_statement(now))
+    # Each case starts without dead row versions (Postgres); renew_leases makes them.
     cases: list[tuple[str, Callable[[], int], int, Callable[[], None] | None]] = [
         ("floor", r.floor, 1, None),
         ("claim_idle", lambda: r.claim(r.idle), 0, None),
@@ -399,11 +463,15 @@ def bench(log: SagaLog, n: int, m: int, repeat: int, peer_repeat: int, dead: int
     r.reset()
 
     set_recovery_indexes(log.engine, present=True)
-    f["dead_versions"] = renew_leases(r, dead)
-    f["claim_idle_dead"] = timed(lambda: r.claim(r.idle), repeat, 0)
-    plans[f"nothing due, {f['dead_versions']:,} dead versions"] = explain(
-        log, *r.claim_statement(r.idle)
-    )
+    with older_transaction(log):
+        f["renewals"] = renew_leases(r, updates)
+        churned = f"nothing due, after {f['renewals']:,} renewals"
+        if not sqlite:
+            f["claim_idle_churned_held"] = timed(lambda: r.claim(r.idle), repeat, 0)
+            plans[f"{churned}, older transaction open"] = explain(log, *r.claim_statement(r.idle))
+    r.heartbeat()  # any write lets Postgres see that the older transaction has ended
+    f["claim_idle_churned"] = timed(lambda: r.claim(r.idle), repeat, 0)
+    plans[churned] = explain(log, *r.claim_statement(r.idle))
     f["plans"] = plans
     return f
 
@@ -443,13 +511,14 @@ BACKENDS = {"postgres": postgres_log, "sqlite": sqlite_log}
 
 ROWS = [  # (key, label); rows a backend lacks are left out
     ("claim_idle", "claim_due, nothing due"),
-    ("claim_due", "claim_due, {due} due (first call)"),
+    ("claim_due", "claim_due, {due} due (takes them)"),
     ("claim_dispatched", "claim_due, {due} dispatched < grace ago"),
     ("unserved_due", "unserved_due, {due} due, all served"),
     ("heartbeat", "heartbeat + live_definitions"),
     ("floor", "floor: SELECT 1 in a write transaction"),
     ("claim_idle_no_stats", "claim_due, nothing due, before ANALYZE"),
-    ("claim_idle_dead", "claim_due, nothing due, {dead:,} dead versions"),
+    ("claim_idle_churned", "claim_due, nothing due, after {renewals:,} renewals"),
+    ("claim_idle_churned_held", "  same, a transaction older than them open"),
     ("peer_claim_idle", "peer: claim_due, nothing due, full scan"),
     ("peer_claim_due", "peer: claim_due, {due} due, full scan"),
 ]
@@ -460,9 +529,9 @@ def report(name: str, version: str, f: dict[str, Any], due: int, n: int) -> None
     print(
         f"\n{name} {version}: {n:,} finished runs loaded in {f['load_s']:.1f} s, "
         f"ANALYZE {f['analyze_s']:.1f} s, table {f['table_mb']:.0f} MB"
-        + (f" + indexes {f['indexes_mb']:.0f} MB" if f["indexes_mb"] else " (with indexes)")
+        + (" with indexes" if f["indexes_mb"] is None else f" + indexes {f['indexes_mb']:.0f} MB")
     )
-    rows = [(k, label.format(due=due, dead=f["dead_versions"])) for k, label in ROWS if k in f]
+    rows = [(k, label.format(due=due, renewals=f["renewals"])) for k, label in ROWS if k in f]
     width = max(len(label) for _, label in rows)
     print(f"  {'':<{width}}  {'p50 ms':>9}  {'p95 ms':>9}  {'first ms':>9}  {'rows':>5}")
     for key, label in rows:
@@ -489,16 +558,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50, help="timed calls per case")
     parser.add_argument("--peer-repeat", type=int, default=20, help="timed calls per full scan")
     parser.add_argument(
-        "--dead",
+        "--renewals",
         type=int,
-        help="dead row versions for the churn case (default: what autovacuum lets pile up)",
+        help="row updates in the churn case (default: the dead rows autovacuum lets pile up)",
     )
     parser.add_argument("--backend", choices=["all", *BACKENDS], default="all")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args()
     if args.active < 2:
         parser.error("--active must be at least 2 (one due run, one waiting)")
-    dead = args.dead if args.dead is not None else int(AUTOVACUUM_SCALE * (args.runs + args.active))
+    updates = args.renewals
+    if updates is None:
+        updates = int(AUTOVACUUM_SCALE * (args.runs + args.active))
     context: dict[str, Any] = {
         "runs": args.runs,
         "active": args.active,
@@ -514,7 +585,7 @@ def main() -> None:
     for name in BACKENDS if args.backend == "all" else [args.backend]:
         t0 = time.perf_counter()
         with BACKENDS[name]() as (log, version):
-            figures = bench(log, args.runs, args.active, args.repeat, args.peer_repeat, dead)
+            figures = bench(log, args.runs, args.active, args.repeat, args.peer_repeat, updates)
         figures["total_s"] = time.perf_counter() - t0
         results[name] = {"version": version, **figures}
         if not args.json:
