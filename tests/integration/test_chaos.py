@@ -93,7 +93,12 @@ def unfinished(log: SagaLog) -> int | None:
     return sum(n for status, n in counts.items() if RunStatus(status).active)
 
 
-def test_chaos(postgres_server: PostgresServer, own_redis: RedisServer, tmp_path: Path) -> None:
+def test_chaos(
+    postgres_server: PostgresServer,
+    own_redis: RedisServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     rng = random.Random(20261122)
     store = postgres_server.create_database("chaos")
     log = SagaLog.open(store, upgrade=True)
@@ -140,11 +145,12 @@ def test_chaos(postgres_server: PostgresServer, own_redis: RedisServer, tmp_path
     # Then nothing was lost, nothing ran twice, compensations ran in reverse
     statuses = Counter(log.get_run(r).status for r in started)
     calls = ledger_app.calls(ledger)
-    print(
-        f"\nchaos: {RUNS} runs, {kills} workers SIGKILLed, {fleet.started} started, "
-        f"redis wiped={redis_wiped}, postgres restarted={postgres_restarted}, {took:.1f}s; "
-        f"statuses {dict(statuses)}; {len(calls)} calls"
-    )
+    with capsys.disabled():  # the counts belong in every CI log
+        print(
+            f"\nchaos: {RUNS} runs, {kills} workers SIGKILLed, {fleet.started} started, "
+            f"redis wiped={redis_wiped}, postgres restarted={postgres_restarted}, {took:.1f}s; "
+            f"statuses {dict(statuses)}; {len(calls)} calls"
+        )
     assert redis_wiped and postgres_restarted and kills >= 5
     assert sum(log.count_runs().values()) == RUNS
     assert statuses == {RunStatus.COMPLETED: RUNS - RUNS // 10, RunStatus.COMPENSATED: RUNS // 10}
