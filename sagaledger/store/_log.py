@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, Row, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -132,21 +133,13 @@ class SagaLog:
         Returns:
             True if written; False if refused (nothing was written).
         """
-        values: dict[str, Any] = {
-            **changes,
-            "last_seq": runs.c.last_seq + len(new_events),
-            "updated_at": now,
-        }
+        params = {**changes, "updated_at": now, "_run": run_id, "_token": token}
+        params["_added"] = len(new_events)
         if new_token is not None:
-            values["lease_token"] = new_token
-        statement = (
-            update(runs)
-            .where(runs.c.id == run_id, runs.c.lease_token == token)
-            .values(values)
-            .returning(runs.c.last_seq)
-        )
+            params["lease_token"] = new_token
+        statement = _fenced_update(frozenset(changes) | _always(new_token))
         with self.engine.begin() as conn:
-            last_seq = conn.execute(statement).scalar()
+            last_seq = conn.execute(statement, params).scalar()
             if last_seq is None:
                 return False
             if new_events:
@@ -166,7 +159,7 @@ class SagaLog:
             UnknownRunError: no such run.
         """
         with read(self.engine) as conn:
-            row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+            row = conn.execute(_GET_RUN, {"_run": run_id}).first()
         if row is None:
             raise UnknownRunError(run_id)
         return _run(row)
@@ -337,6 +330,34 @@ def _of(definitions: Collection[Definition]) -> Any:
             and_(runs.c.saga_name == n, runs.c.saga_version == v, runs.c.fingerprint == f)
             for n, v, f in definitions
         )
+    )
+
+
+def _always(new_token: int | None) -> frozenset[str]:
+    return frozenset(("updated_at", "lease_token")) if new_token is not None else _UPDATED
+
+
+_UPDATED = frozenset(("updated_at",))
+
+
+#: Built once: the drive of every message starts with it.
+_GET_RUN = select(runs).where(runs.c.id == bindparam("_run"))
+
+
+@functools.cache
+def _fenced_update(columns: frozenset[str]) -> Any:
+    """The fenced UPDATE setting ``columns``, built once per set of columns.
+
+    Building a statement costs more Python than running it on SQLite, and a
+    checkpoint only ever sets one of a handful of column sets.
+    """
+    values: dict[str, Any] = {name: bindparam(name) for name in columns}
+    values["last_seq"] = runs.c.last_seq + bindparam("_added")
+    return (
+        update(runs)
+        .where(runs.c.id == bindparam("_run"), runs.c.lease_token == bindparam("_token"))
+        .values(values)
+        .returning(runs.c.last_seq)
     )
 
 
