@@ -43,21 +43,21 @@ def declare_actors(
             # The log still says the run is due; the recovery pass drives it again.
             logger.exception("driving run %s failed; recovery will drive it again", run_id)
 
+    # Declaring the actor declares its queue: give it a version queue, so that a
+    # worker polls no queue that nobody sends to.
+    queues = sorted({queue_for(queue, s.name, s.version) for s in orchestrator.registry}) or [queue]
     actor = dramatiq.actor(
         broker=broker,
         actor_name=DRIVE_ACTOR,
-        queue_name=queue,
+        queue_name=queues[0],
         max_retries=0,
         time_limit=_NO_TIME_LIMIT,
     )(drive_run)
-
-    for saga in orchestrator.registry:
-        broker.declare_queue(queue_for(queue, saga.name, saga.version))
+    for name in queues[1:]:
+        broker.declare_queue(name)
 
     def send(request: Dispatch) -> None:
         target = queue_for(queue, request.saga, request.version)
-        if target not in broker.get_declared_queues():
-            broker.declare_queue(target)
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=target, actor_name=DRIVE_ACTOR, args=(request.run_id,), kwargs={}, options={}
         )

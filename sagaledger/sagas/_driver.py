@@ -101,7 +101,7 @@ class RunDriver:
             )
             self.attempt = run.attempt + 1
         if self.attempt <= self._policy(step).max_attempts:
-            first.append(self._attempt_started(step))
+            first.append(self._event(EventType.ATTEMPT_STARTED, step))
         new_token = run.lease_token + 1
         claimed = self.o.log.append(
             self.run_id,
@@ -233,55 +233,44 @@ class RunDriver:
             "input": self.input,
         }
 
-    def _event(self, kind: EventType, step: Step, payload: Any) -> NewEvent:
-        return NewEvent(kind, self.o.actor, step.name, self.phase, self.attempt, payload)
+    def _event(
+        self, kind: EventType, step: Step, payload: Any = None, error: dict[str, Any] | None = None
+    ) -> NewEvent:
+        return NewEvent(kind, self.o.actor, step.name, self.phase, self.attempt, payload, error)
 
     # -- outcomes -------------------------------------------------------------
+
+    def _delay(self, exc: BaseException, policy: RetryPolicy, attempt: int) -> timedelta:
+        """The remote side's ``retry_after`` when the error carries one, else the back-off."""
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, timedelta):
+            return retry_after
+        return policy.backoff(attempt, self.o.rng)
 
     def _failed(self, step: Step, exc: BaseException) -> bool:
         policy = self._policy(step)
         if getattr(exc, "rate_limited", False) is True:
-            retry_after = getattr(exc, "retry_after", None)
-            wait = (
-                retry_after if isinstance(retry_after, timedelta) else policy.backoff(1, self.o.rng)
-            )
+            wait = self._delay(exc, policy, 1)
             if step.rate_limit is not None:  # hold every worker off this connector
                 self.o.rate_limiter.block(step.rate_limit.name, wait.total_seconds())
             error = describe_error(exc, retryable=True)
             return self._defer(step, wait, f"the remote side is rate limiting: {exc}", error)
         permanent = is_non_retryable(exc, policy)
         error = describe_error(exc, retryable=not permanent)
-        phase = self.phase  # captured: turning to compensation changes self.phase
+        phase = self.phase
         failed_type = (
             EventType.STEP_FAILED if phase is Phase.FORWARD else EventType.COMPENSATION_FAILED
         )
 
         def failure(outcome: str, **extra: Any) -> NewEvent:
-            payload = {"outcome": outcome, **extra}
-            return NewEvent(
-                failed_type, self.o.actor, step.name, phase, self.attempt, payload, error
-            )
+            return self._event(failed_type, step, {"outcome": outcome, **extra}, error)
 
         exhausted = self.attempt >= policy.max_attempts
         if not permanent and not exhausted:
-            retry_after = getattr(exc, "retry_after", None)
-            delay = (
-                retry_after
-                if isinstance(retry_after, timedelta)
-                else policy.backoff(self.attempt, self.o.rng)
-            )
+            delay = self._delay(exc, policy, self.attempt)
             retry_at = self.o.clock() + delay
-            written = self._commit(
-                [failure("retry", retry_at=_iso(retry_at))],
-                attempt=self.attempt + 1,
-                lease_owner=None,
-                wake_at=retry_at,
-                dispatched_at=retry_at,  # the delayed message is due then
-                last_error=error,
-            )
-            if written:
-                self.o.dispatch(Dispatch(self.run_id, self.saga.name, self.saga.version, delay))
-            return False
+            retry = failure("retry", retry_at=_iso(retry_at))
+            return self._wait([retry], delay, attempt=self.attempt + 1, last_error=error)
         why = "failed permanently" if permanent else f"failed after {self.attempt} attempts"
         summary = f"step {step.name!r} {why}: {error['message']}"
         if phase is Phase.COMPENSATE:
@@ -293,9 +282,10 @@ class RunDriver:
             )
             return self._park([failure("park")], reason, error)
         self.reason = summary
+        failed = failure("compensate")  # before the turn, which changes self.phase
         turned = NewEvent(EventType.COMPENSATION_STARTED, self.o.actor, payload={"reason": summary})
         self.status = RunStatus.COMPENSATING
-        return self._unwind([failure("compensate"), turned], last_error=error)
+        return self._unwind([failed, turned], last_error=error)
 
     def _unwind(self, events: list[NewEvent], **changes: Any) -> bool:
         """Go on with the next compensation the log calls for, or finish the run."""
@@ -313,18 +303,19 @@ class RunDriver:
     ) -> bool:
         self.status, self.index, self.attempt = status, index, 1
         step = self.saga.steps[index]
-        events.append(self._attempt_started(step))
+        events.append(self._event(EventType.ATTEMPT_STARTED, step))
+        now = self.o.clock()
         written = self._commit(
             events,
             status=status.value,
             step_index=index,
             step=step.name,
             attempt=1,
-            wake_at=self.o.clock() + self.o.lease,
+            wake_at=now + self.o.lease,
             **changes,
         )
         if written:
-            self.o.leases.hold(self.run_id, self.token, self.o.clock(), step.timeout)
+            self.o.leases.hold(self.run_id, self.token, now, step.timeout)
         return written
 
     def _finish(self, events: list[NewEvent], status: RunStatus, **changes: Any) -> bool:
@@ -341,28 +332,18 @@ class RunDriver:
         self, step: Step, wait: timedelta, reason: str, error: dict[str, Any] | None = None
     ) -> bool:
         """Wait durably, then run the same attempt again (no attempt is used up)."""
+        payload = {"reason": reason, "until": _iso(self.o.clock() + wait)}
+        deferred = self._event(EventType.STEP_DEFERRED, step, payload, error)
+        changes = {"last_error": error} if error is not None else {}
+        return self._wait([deferred], wait, **changes)
+
+    def _wait(self, events: list[NewEvent], wait: timedelta, **changes: Any) -> bool:
+        """Give the lease up until ``wait`` has passed, and send the message for then."""
         until = self.o.clock() + wait
-        payload = {"reason": reason, "until": _iso(until)}
-        deferred = NewEvent(
-            EventType.STEP_DEFERRED,
-            self.o.actor,
-            step.name,
-            self.phase,
-            self.attempt,
-            payload,
-            error,
-        )
-        changes: dict[str, Any] = {"lease_owner": None, "wake_at": until, "dispatched_at": until}
-        if error is not None:
-            changes["last_error"] = error
-        if self._commit([deferred], **changes):
+        # dispatched_at: the delayed message is due then; recovery steps in only if lost.
+        if self._commit(events, lease_owner=None, wake_at=until, dispatched_at=until, **changes):
             self.o.dispatch(Dispatch(self.run_id, self.saga.name, self.saga.version, wait))
         return False
-
-    def _attempt_started(self, step: Step) -> NewEvent:
-        return NewEvent(
-            EventType.ATTEMPT_STARTED, self.o.actor, step.name, self.phase, self.attempt
-        )
 
     def _commit(self, events: Sequence[NewEvent], **changes: Any) -> bool:
         written = self.o.log.append(self.run_id, self.token, events, self.o.clock(), **changes)

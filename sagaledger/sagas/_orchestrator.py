@@ -274,20 +274,14 @@ class Orchestrator:
             reason = f"{wanted} is not registered on {self.worker_id}; it has: {known}"
         else:
             reason = f"{wanted} differs here (fingerprint {here.fingerprint}) on {self.worker_id}"
-        events = []
-        if run.blocked_reason != reason:
-            logger.warning("run %s waits: %s", run.id, reason)
-            events.append(
-                NewEvent(EventType.VERSION_UNAVAILABLE, self.actor, payload={"reason": reason})
-            )
-        self.log.append(
+        self._mark_waiting(
             run.id,
             run.lease_token,
-            events,
+            reason,
             now,
+            said=run.blocked_reason == reason,
             wake_at=now + self.version_recheck,
             dispatched_at=None,
-            blocked_reason=reason,
         )
 
     # -- recovery -------------------------------------------------------------
@@ -321,6 +315,16 @@ class Orchestrator:
                 f"waiting for a worker with saga {run.saga_name!r} version {run.saga_version} "
                 f"(fingerprint {run.fingerprint}); no live worker has it"
             )
-            logger.warning("run %s: %s", run.id, reason)
-            event = NewEvent(EventType.VERSION_UNAVAILABLE, self.actor, payload={"reason": reason})
-            self.log.append(run.id, run.lease_token, [event], now, blocked_reason=reason)
+            self._mark_waiting(run.id, run.lease_token, reason, now, said=False)
+
+    def _mark_waiting(
+        self, run_id: str, token: int, reason: str, now: datetime, *, said: bool, **changes: Any
+    ) -> None:
+        """Record why a run waits for its version: in the run, and once in the log."""
+        events = []
+        if not said:
+            logger.warning("run %s waits: %s", run_id, reason)
+            events.append(
+                NewEvent(EventType.VERSION_UNAVAILABLE, self.actor, payload={"reason": reason})
+            )
+        self.log.append(run_id, token, events, now, blocked_reason=reason, **changes)

@@ -133,11 +133,11 @@ class SagaLog:
         Returns:
             True if written; False if refused (nothing was written).
         """
-        params = {**changes, "updated_at": now, "_run": run_id, "_token": token}
-        params["_added"] = len(new_events)
+        values = {**changes, "updated_at": now}
         if new_token is not None:
-            params["lease_token"] = new_token
-        statement = _fenced_update(frozenset(changes) | _always(new_token))
+            values["lease_token"] = new_token
+        statement = _fenced_update(frozenset(values))
+        params = {**values, "_run": run_id, "_token": token, "_added": len(new_events)}
         with self.engine.begin() as conn:
             last_seq = conn.execute(statement, params).scalar()
             if last_seq is None:
@@ -331,13 +331,6 @@ def _of(definitions: Collection[Definition]) -> Any:
             for n, v, f in definitions
         )
     )
-
-
-def _always(new_token: int | None) -> frozenset[str]:
-    return frozenset(("updated_at", "lease_token")) if new_token is not None else _UPDATED
-
-
-_UPDATED = frozenset(("updated_at",))
 
 
 #: Built once: the drive of every message starts with it.
