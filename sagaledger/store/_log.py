@@ -184,14 +184,28 @@ class SagaLog:
         *,
         status: str | None = None,
         saga: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
-        """Return runs, newest first, optionally filtered by status and saga name."""
+        """Return runs, newest first, optionally filtered by status, saga name and start time.
+
+        Args:
+            status: Only runs in this status.
+            saga: Only runs of this saga.
+            since: Only runs started at or after this time (UTC-aware).
+            until: Only runs started before this time (UTC-aware).
+            limit: At most this many.
+        """
         query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
         if status is not None:
             query = query.where(runs.c.status == status)
         if saga is not None:
             query = query.where(runs.c.saga_name == saga)
+        if since is not None:
+            query = query.where(runs.c.created_at >= since)
+        if until is not None:
+            query = query.where(runs.c.created_at < until)
         with read(self.engine) as conn:
             return [_run(row) for row in conn.execute(query)]
 

@@ -90,6 +90,9 @@ runs = Table(
     ),
     Index("ix_sagaledger_runs_status_saga", "status", "saga_name"),
     Index("ix_sagaledger_runs_created_at", "created_at"),
+    # Runs of one status, newest first or within a period (a day's compensations):
+    # the listing reads only the rows it returns, however long the log.
+    Index("ix_sagaledger_runs_status_created_at", "status", "created_at"),
 )
 
 events = Table(

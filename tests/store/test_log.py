@@ -182,3 +182,38 @@ def test_concurrent_recovery_passes_never_take_the_same_run(saga_log: SagaLog) -
     everything = [run_id for batch in taken for run_id in batch]
     assert sorted(everything) == sorted(f"r{i}" for i in range(200))
     assert sum(1 for batch in taken if batch) >= 2  # the passes really overlapped
+
+
+def test_runs_are_listed_by_status_within_a_period_newest_first(saga_log: SagaLog) -> None:
+    # Given runs started an hour apart over three days, every third one compensated
+    day = timedelta(days=1)
+    for i in range(72):
+        started = NOW - 2 * day + timedelta(hours=i)
+        row = {
+            "id": f"r{i:02d}",
+            "saga_name": "s",
+            "saga_version": 1,
+            "fingerprint": "f",
+            "business_key": f"k{i}",
+            "status": "compensated" if i % 3 == 0 else "completed",
+            "step_index": 0,
+            "step": "a",
+            "attempt": 1,
+            "input": {},
+            "lease_owner": None,
+            "lease_token": 0,
+            "wake_at": None,
+            "dispatched_at": None,
+            "blocked_reason": None,
+            "last_error": None,
+        }
+        saga_log.create_run(row, [NewEvent(EventType.RUN_STARTED, "test")], started)
+
+    # When the middle day's compensations are listed
+    found = saga_log.list_runs(status="compensated", since=NOW - day, until=NOW, limit=100)
+
+    # Then they are the runs started that day (the start is in, the end is out), newest first
+    assert [run.id for run in found] == [f"r{i:02d}" for i in range(45, 23, -3)]
+    assert all(NOW - day <= run.created_at < NOW for run in found)
+    assert [r.id for r in saga_log.list_runs(since=NOW, limit=2)] == ["r71", "r70"]
+    assert [r.id for r in saga_log.list_runs(until=NOW - 2 * day + day / 24)] == ["r00"]
