@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, Row, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sagaledger._errors import SchemaNotReadyError, StoreError, UnknownRunError
 from sagaledger.store import _migrate
 from sagaledger.store._engine import create_store_engine, read
+from sagaledger.store._raw import RawStatements
 from sagaledger.store._records import (
     ACTIVE_STATUSES,
     EventRecord,
@@ -41,6 +41,7 @@ class SagaLog:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._raw = RawStatements(engine)
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool | None = None, **engine_options: Any) -> SagaLog:
@@ -99,9 +100,9 @@ class SagaLog:
         row = {**run, "last_seq": len(first), "created_at": now, "updated_at": now}
         event_rows = _event_rows(run["id"], 1, first, run["lease_token"], now)
         try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(runs), row)
-                conn.execute(insert(events), event_rows)
+            with self._raw.transaction() as cursor:
+                self._raw.insert_run(cursor, row)
+                self._raw.insert_events(cursor, event_rows)
         except IntegrityError:
             existing = self.find_by_key(run["saga_name"], run["business_key"])
             if existing is None:
@@ -136,18 +137,15 @@ class SagaLog:
         values = {**changes, "updated_at": now}
         if new_token is not None:
             values["lease_token"] = new_token
-        statement = _fenced_update(frozenset(values))
-        params = {**values, "_run": run_id, "_token": token, "_added": len(new_events)}
-        with self.engine.begin() as conn:
-            last_seq = conn.execute(statement, params).scalar()
+        with self._raw.transaction() as cursor:
+            last_seq = self._raw.fenced_update(cursor, run_id, token, len(new_events), values)
             if last_seq is None:
                 return False
             if new_events:
                 first_seq = last_seq - len(new_events) + 1
                 writer = token if new_token is None else new_token
-                conn.execute(
-                    insert(events), _event_rows(run_id, first_seq, new_events, writer, now)
-                )
+                rows = _event_rows(run_id, first_seq, new_events, writer, now)
+                self._raw.insert_events(cursor, rows)
         return True
 
     # -- reads ----------------------------------------------------------------
@@ -158,11 +156,11 @@ class SagaLog:
         Raises:
             UnknownRunError: no such run.
         """
-        with read(self.engine) as conn:
-            row = conn.execute(_GET_RUN, {"_run": run_id}).first()
-        if row is None:
+        with self._raw.transaction(write=False) as cursor:
+            run = self._raw.get_run(cursor, run_id)
+        if run is None:
             raise UnknownRunError(run_id)
-        return _run(row)
+        return run
 
     def find_by_key(self, saga_name: str, business_key: str) -> RunRecord | None:
         """Return the run of ``saga_name`` started with ``business_key``, if any."""
@@ -344,27 +342,6 @@ def _of(definitions: Collection[Definition]) -> Any:
             and_(runs.c.saga_name == n, runs.c.saga_version == v, runs.c.fingerprint == f)
             for n, v, f in definitions
         )
-    )
-
-
-#: Built once: the drive of every message starts with it.
-_GET_RUN = select(runs).where(runs.c.id == bindparam("_run"))
-
-
-@functools.cache
-def _fenced_update(columns: frozenset[str]) -> Any:
-    """The fenced UPDATE setting ``columns``, built once per set of columns.
-
-    Building a statement costs more Python than running it on SQLite, and a
-    checkpoint only ever sets one of a handful of column sets.
-    """
-    values: dict[str, Any] = {name: bindparam(name) for name in columns}
-    values["last_seq"] = runs.c.last_seq + bindparam("_added")
-    return (
-        update(runs)
-        .where(runs.c.id == bindparam("_run"), runs.c.lease_token == bindparam("_token"))
-        .values(values)
-        .returning(runs.c.last_seq)
     )
 
 

@@ -1,0 +1,250 @@
+"""The saga log's hot statements, sent on the DBAPI connection directly.
+
+Every step of every run costs one checkpoint (a fenced UPDATE and an event
+INSERT) and every message one run lookup. Through SQLAlchemy's execution layer
+(compiled-statement cache, events, type processors, result objects) these cost
+several times what SQLite itself takes to run them, so they are written here
+once as SQL text, with values converted the way the table types convert them:
+rows written here and rows written through SQLAlchemy are the same bytes.
+Everything else in the log goes through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Engine, Table
+from sqlalchemy.exc import DBAPIError
+
+from sagaledger.store._records import RunRecord, RunStatus
+from sagaledger.store._schema import UTCDateTime, events, runs
+
+
+class RawStatements:
+    """Runs the log's hot statements on pooled DBAPI connections of ``engine``.
+
+    Errors are raised as SQLAlchemy's exception classes (``IntegrityError``,
+    ``OperationalError``...), as the rest of the log raises them, and a
+    connection the database dropped is thrown away rather than pooled again.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.sqlite = engine.dialect.name == "sqlite"
+        self._codec = _SQLiteCodec() if self.sqlite else _PostgresCodec()
+        self._insert_run = self._sql(_insert(runs))
+        self._insert_event = self._sql(_insert(events, skip=("id",)))
+        self._get_run = self._sql(
+            f"SELECT {', '.join(_RUN_COLUMNS)} FROM sagaledger_runs WHERE id = :id"
+        )
+        self._updates: dict[frozenset[str], str] = {}  # fenced UPDATEs by column set
+
+    # -- statements -------------------------------------------------------------
+
+    def insert_run(self, cursor: Any, row: dict[str, Any]) -> None:
+        cursor.execute(self._insert_run, self._encode(runs, row))
+
+    def insert_events(self, cursor: Any, rows: Sequence[dict[str, Any]]) -> None:
+        cursor.executemany(self._insert_event, [self._encode(events, row) for row in rows])
+
+    def fenced_update(
+        self, cursor: Any, run_id: str, token: int, added: int, values: dict[str, Any]
+    ) -> int | None:
+        """Set ``values`` and add ``added`` to ``last_seq`` if ``token`` is current.
+
+        Returns:
+            The new ``last_seq``, or None when the token has moved (nothing written).
+        """
+        params = self._encode(runs, values)
+        params.update(_run=run_id, _token=token, _added=added)
+        cursor.execute(self._fenced_update(frozenset(values)), params)
+        row = cursor.fetchone()
+        return None if row is None else int(row[0])
+
+    def get_run(self, cursor: Any, run_id: str) -> RunRecord | None:
+        cursor.execute(self._get_run, {"id": run_id})
+        row = cursor.fetchone()
+        return None if row is None else self._run(row)
+
+    # -- transactions -------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Any]:
+        """A cursor in one transaction, committed at the end of the block.
+
+        On SQLite a writing transaction takes the write lock up front (``BEGIN
+        IMMEDIATE``, like every writer of the log); a reading one is a single
+        statement in autocommit, which WAL makes a consistent snapshot.
+        """
+        connection = self.engine.raw_connection()
+        cursor = connection.cursor()
+        statement = "BEGIN IMMEDIATE"
+        try:
+            if self.sqlite and write:
+                cursor.execute(statement)
+            statement = "(transaction body)"
+            yield cursor
+            statement = "COMMIT"
+            connection.commit()
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            dialect = self.engine.dialect
+            invalidated = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)
+            if invalidated:
+                connection.invalidate(exc)  # never hand a dead connection out again
+            else:
+                connection.rollback()
+            raise DBAPIError.instance(
+                statement,
+                None,
+                exc,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=invalidated,
+                dialect=dialect,
+            ) from exc
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            cursor.close()
+            connection.close()  # back to the pool
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _sql(self, text: str) -> str:
+        """``:name`` placeholders, in the driver's own paramstyle."""
+        return text if self.sqlite else re.sub(r":(\w+)", r"%(\1)s", text)
+
+    def _fenced_update(self, columns: frozenset[str]) -> str:
+        """The UPDATE setting ``columns``; a checkpoint sets one of a handful of sets."""
+        statement = self._updates.get(columns)
+        if statement is None:
+            assignments = ", ".join(f"{name} = :{name}" for name in sorted(columns))
+            statement = self._updates[columns] = self._sql(
+                f"UPDATE sagaledger_runs SET {assignments}, last_seq = last_seq + :_added"
+                " WHERE id = :_run AND lease_token = :_token RETURNING last_seq"
+            )
+        return statement
+
+    def _encode(self, table: Table, row: dict[str, Any]) -> dict[str, Any]:
+        kinds = _KINDS[table.name]
+        codec = self._codec
+        encoded = {}
+        for name, value in row.items():
+            kind = kinds[name]
+            if value is not None and kind == "time":
+                value = codec.time(value)
+            elif kind == "json":  # None too: the JSON type stores JSON null, not NULL
+                value = codec.json(value)
+            encoded[name] = value
+        return encoded
+
+    def _run(self, row: Sequence[Any]) -> RunRecord:
+        (id_, saga_name, saga_version, fingerprint, business_key, status, step_index, step,
+         attempt, input_, lease_owner, lease_token, wake_at, dispatched_at, last_seq,
+         blocked_reason, last_error, created_at, updated_at) = row  # fmt: skip
+        read_time, read_json = self._codec.read_time, self._codec.read_json
+        return RunRecord(
+            id=id_,
+            saga_name=saga_name,
+            saga_version=saga_version,
+            fingerprint=fingerprint,
+            business_key=business_key,
+            status=RunStatus(status),
+            step_index=step_index,
+            step=step,
+            attempt=attempt,
+            input=read_json(input_),
+            lease_owner=lease_owner,
+            lease_token=lease_token,
+            wake_at=None if wake_at is None else read_time(wake_at),
+            dispatched_at=None if dispatched_at is None else read_time(dispatched_at),
+            last_seq=last_seq,
+            blocked_reason=blocked_reason,
+            last_error=read_json(last_error),
+            created_at=read_time(created_at),
+            updated_at=read_time(updated_at),
+        )
+
+
+class _SQLiteCodec:
+    """Values as SQLAlchemy's SQLite types store them: naive-UTC text times, JSON text."""
+
+    @staticmethod
+    def time(value: datetime) -> str:
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: sagaledger stores UTC-aware times only")
+        v = value.astimezone(UTC)
+        # SQLAlchemy's SQLite DATETIME format, microseconds always written, so
+        # that times compare correctly as text whichever path wrote them.
+        return (
+            f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+            f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+        )
+
+    @staticmethod
+    def json(value: Any) -> str:
+        return json.dumps(value)
+
+    @staticmethod
+    def read_time(value: str) -> datetime:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    @staticmethod
+    def read_json(value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class _PostgresCodec:
+    """Values as psycopg takes them: aware datetimes, JSONB through its adapter."""
+
+    def __init__(self) -> None:
+        from psycopg.types.json import Jsonb
+
+        self._jsonb = Jsonb
+
+    @staticmethod
+    def time(value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: sagaledger stores UTC-aware times only")
+        return value
+
+    def json(self, value: Any) -> Any:
+        return self._jsonb(value)
+
+    @staticmethod
+    def read_time(value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    @staticmethod
+    def read_json(value: Any) -> Any:
+        return value  # psycopg parses JSONB itself
+
+
+def _kind(column: Any) -> str | None:
+    if isinstance(column.type, UTCDateTime):
+        return "time"
+    if isinstance(column.type, JSON):
+        return "json"
+    return None
+
+
+#: Per table, per column: how its values are converted ("time", "json" or None).
+_KINDS = {table.name: {c.name: _kind(c) for c in table.columns} for table in (runs, events)}
+#: The runs table's columns, in the order RunRecord takes them.
+_RUN_COLUMNS = [c.name for c in runs.columns]
+if [field.name for field in dataclasses.fields(RunRecord)] != _RUN_COLUMNS:
+    raise RuntimeError("RunRecord's fields must follow sagaledger_runs' columns, in order")
+
+
+def _insert(table: Table, skip: Sequence[str] = ()) -> str:
+    names = [c.name for c in table.columns if c.name not in skip]
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)})"
+        f" VALUES ({', '.join(':' + name for name in names)})"
+    )
