@@ -100,9 +100,7 @@ class SagaLog:
         row = {**run, "last_seq": len(first), "created_at": now, "updated_at": now}
         event_rows = _event_rows(run["id"], 1, first, run["lease_token"], now)
         try:
-            with self._raw.transaction() as cursor:
-                self._raw.insert_run(cursor, row)
-                self._raw.insert_events(cursor, event_rows)
+            self._raw.create_run(row, event_rows)
         except IntegrityError:
             existing = self.find_by_key(run["saga_name"], run["business_key"])
             if existing is None:
@@ -137,16 +135,9 @@ class SagaLog:
         values = {**changes, "updated_at": now}
         if new_token is not None:
             values["lease_token"] = new_token
-        with self._raw.transaction() as cursor:
-            last_seq = self._raw.fenced_update(cursor, run_id, token, len(new_events), values)
-            if last_seq is None:
-                return False
-            if new_events:
-                first_seq = last_seq - len(new_events) + 1
-                writer = token if new_token is None else new_token
-                rows = _event_rows(run_id, first_seq, new_events, writer, now)
-                self._raw.insert_events(cursor, rows)
-        return True
+        writer = token if new_token is None else new_token
+        rows = _event_rows(run_id, 0, new_events, writer, now)  # seq: set by the write
+        return self._raw.append(run_id, token, values, rows)
 
     # -- reads ----------------------------------------------------------------
 

@@ -14,16 +14,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Engine, Table
 from sqlalchemy.exc import DBAPIError
 
+from sagaledger.store._group import GroupCommit
 from sagaledger.store._records import RunRecord, RunStatus
 from sagaledger.store._schema import UTCDateTime, events, runs
+
+T = TypeVar("T")
 
 
 class RawStatements:
@@ -44,28 +47,50 @@ class RawStatements:
             f"SELECT {', '.join(_RUN_COLUMNS)} FROM sagaledger_runs WHERE id = :id"
         )
         self._updates: dict[frozenset[str], str] = {}  # fenced UPDATEs by column set
+        self._group = GroupCommit(self.transaction) if self.sqlite else None
 
     # -- statements -------------------------------------------------------------
 
-    def insert_run(self, cursor: Any, row: dict[str, Any]) -> None:
-        cursor.execute(self._insert_run, self._encode(runs, row))
+    def create_run(self, row: dict[str, Any], event_rows: Sequence[dict[str, Any]]) -> None:
+        """Insert a run and its first events in one committed transaction."""
+        run = self._encode(runs, row)
+        encoded = [self._encode(events, e) for e in event_rows]
 
-    def insert_events(self, cursor: Any, rows: Sequence[dict[str, Any]]) -> None:
-        cursor.executemany(self._insert_event, [self._encode(events, row) for row in rows])
+        def write(cursor: Any) -> None:
+            cursor.execute(self._insert_run, run)
+            cursor.executemany(self._insert_event, encoded)
 
-    def fenced_update(
-        self, cursor: Any, run_id: str, token: int, added: int, values: dict[str, Any]
-    ) -> int | None:
-        """Set ``values`` and add ``added`` to ``last_seq`` if ``token`` is current.
+        self.write(write)
+
+    def append(
+        self, run_id: str, token: int, values: dict[str, Any], event_rows: Sequence[dict[str, Any]]
+    ) -> bool:
+        """Set ``values`` on the run and append its events if ``token`` is still current.
+
+        The events' ``seq`` is taken from the run's ``last_seq``, advanced by the
+        same UPDATE that checks the token.
 
         Returns:
-            The new ``last_seq``, or None when the token has moved (nothing written).
+            True if committed; False when the token has moved (nothing written).
         """
+        statement = self._fenced_update(frozenset(values))
         params = self._encode(runs, values)
-        params.update(_run=run_id, _token=token, _added=added)
-        cursor.execute(self._fenced_update(frozenset(values)), params)
-        row = cursor.fetchone()
-        return None if row is None else int(row[0])
+        params.update(_run=run_id, _token=token, _added=len(event_rows))
+        encoded = [self._encode(events, e) for e in event_rows]
+
+        def write(cursor: Any) -> bool:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+            if row is None:
+                return False
+            first_seq = int(row[0]) - len(encoded) + 1
+            for offset, event in enumerate(encoded):
+                event["seq"] = first_seq + offset
+            if encoded:
+                cursor.executemany(self._insert_event, encoded)
+            return True
+
+        return self.write(write)
 
     def get_run(self, cursor: Any, run_id: str) -> RunRecord | None:
         cursor.execute(self._get_run, {"id": run_id})
@@ -73,6 +98,17 @@ class RawStatements:
         return None if row is None else self._run(row)
 
     # -- transactions -------------------------------------------------------------
+
+    def write(self, write: Callable[[Any], T]) -> T:
+        """Run ``write(cursor)`` in a committed writing transaction.
+
+        On SQLite, concurrent writes share transactions (see :class:`GroupCommit`);
+        Postgres commits concurrent transactions together by itself.
+        """
+        if self._group is not None:
+            return self._group.write(write)
+        with self.transaction() as cursor:
+            return write(cursor)
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Any]:
