@@ -168,16 +168,13 @@ class RawStatements:
         return statement
 
     def _encode(self, table: Table, row: dict[str, Any]) -> dict[str, Any]:
-        kinds = _KINDS[table.name]
-        codec = self._codec
-        encoded = {}
-        for name, value in row.items():
-            kind = kinds[name]
-            if value is not None and kind == "time":
-                value = codec.time(value)
-            elif kind == "json":  # None too: the JSON type stores JSON null, not NULL
-                value = codec.json(value)
-            encoded[name] = value
+        times, payloads = _CONVERTED[table.name]
+        encoded = dict(row)
+        for name in times.intersection(row):
+            if row[name] is not None:
+                encoded[name] = self._codec.time(row[name])
+        for name in payloads.intersection(row):  # None too: JSON null, as the JSON type does
+            encoded[name] = self._codec.json(row[name])
         return encoded
 
     def _run(self, row: Sequence[Any]) -> RunRecord:
@@ -215,17 +212,16 @@ class _SQLiteCodec:
     def time(value: datetime) -> str:
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: sagaledger stores UTC-aware times only")
-        v = value.astimezone(UTC)
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
         # SQLAlchemy's SQLite DATETIME format, microseconds always written, so
         # that times compare correctly as text whichever path wrote them.
-        return (
-            f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
-            f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
-        )
+        text = value.replace(tzinfo=None).isoformat(" ")
+        return text if value.microsecond else text + ".000000"
 
     @staticmethod
     def json(value: Any) -> str:
-        return json.dumps(value)
+        return "null" if value is None else json.dumps(value)
 
     @staticmethod
     def read_time(value: str) -> datetime:
@@ -262,16 +258,14 @@ class _PostgresCodec:
         return value  # psycopg parses JSONB itself
 
 
-def _kind(column: Any) -> str | None:
-    if isinstance(column.type, UTCDateTime):
-        return "time"
-    if isinstance(column.type, JSON):
-        return "json"
-    return None
-
-
-#: Per table, per column: how its values are converted ("time", "json" or None).
-_KINDS = {table.name: {c.name: _kind(c) for c in table.columns} for table in (runs, events)}
+#: Per table: the columns whose values are converted (times, JSON payloads).
+_CONVERTED = {
+    table.name: (
+        frozenset(c.name for c in table.columns if isinstance(c.type, UTCDateTime)),
+        frozenset(c.name for c in table.columns if isinstance(c.type, JSON)),
+    )
+    for table in (runs, events)
+}
 #: The runs table's columns, in the order RunRecord takes them.
 _RUN_COLUMNS = [c.name for c in runs.columns]
 if [field.name for field in dataclasses.fields(RunRecord)] != _RUN_COLUMNS:
