@@ -21,6 +21,7 @@ from sagaledger.sagas._dispatch import Dispatch, Dispatcher
 from sagaledger.sagas._driver import RunDriver
 from sagaledger.sagas._hooks import ActionCall, Hooks
 from sagaledger.sagas._leases import LeaseKeeper
+from sagaledger.sagas._liveness import host_key, is_running
 from sagaledger.sagas._registry import Registry
 from sagaledger.store import EventType, NewEvent, RunRecord, RunStatus, SagaLog, utc_now
 from sagaledger.store._log import Definition
@@ -116,6 +117,7 @@ class Orchestrator:
         self.sleep = sleep
         self.max_inline_wait = max_inline_wait
         self.leases = LeaseKeeper(log, lease, clock)
+        self.host_key = host_key()
         self._dispatcher: Dispatcher | None = None
 
     @property
@@ -294,12 +296,25 @@ class Orchestrator:
         """
         now = self.clock()
         mine = self.registry.definitions()
-        self.log.heartbeat(self.worker_id, mine, now)
+        self.log.heartbeat(self.worker_id, mine, now, host_key=self.host_key, pid=os.getpid())
+        self._release_dead_neighbours(now)
         due = self.log.claim_due(now, self.dispatch_grace, mine, limit)
         for run in due:
             self.dispatch(Dispatch(run.id, run.saga_name, run.saga_version))
         self._flag_unserved(now, mine, limit)
         return len(due)
+
+    def _release_dead_neighbours(self, now: datetime) -> None:
+        """Make the runs of a worker whose process died on this host due at once.
+
+        Without this, they wait for the dead worker's leases to expire.
+        """
+        for worker, pid in self.log.workers_on(self.host_key):
+            if worker != self.worker_id and not is_running(pid):
+                released = self.log.release_worker(worker, now)
+                logger.warning(
+                    "worker %s (pid %d) is gone; %d runs it held are due now", worker, pid, released
+                )
 
     def _flag_unserved(self, now: datetime, mine: set[Definition], limit: int) -> None:
         """Mark due runs whose definition no live worker has, once, where people look."""

@@ -276,24 +276,68 @@ class SagaLog:
         with read(self.engine) as conn:
             return [DueRun(*row) for row in conn.execute(query)]
 
-    def heartbeat(self, worker_id: str, definitions: Collection[Definition], now: datetime) -> None:
-        """Record that ``worker_id`` is alive and can run ``definitions``."""
+    def heartbeat(
+        self,
+        worker_id: str,
+        definitions: Collection[Definition],
+        now: datetime,
+        *,
+        host_key: str | None = None,
+        pid: int | None = None,
+    ) -> None:
+        """Record that ``worker_id`` is alive and can run ``definitions``.
+
+        Args:
+            host_key: The host and PID namespace the worker runs in.
+            pid: Its process id: with ``host_key``, neighbours can tell when it has died.
+        """
         row = {
             "id": worker_id,
             "definitions": sorted([list(d) for d in definitions]),
             "started_at": now,
             "seen_at": now,
+            "host_key": host_key,
+            "pid": pid,
         }
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         upsert = dialect.insert(workers).values(row)
+        refreshed = ("definitions", "seen_at", "host_key", "pid")
         upsert = upsert.on_conflict_do_update(
             index_elements=[workers.c.id],
-            set_={"definitions": upsert.excluded.definitions, "seen_at": upsert.excluded.seen_at},
+            set_={name: upsert.excluded[name] for name in refreshed},
         )
         with self.engine.begin() as conn:
             conn.execute(upsert)
             # Forget workers gone for a day; they say nothing about today's fleet.
             conn.execute(delete(workers).where(workers.c.seen_at < now - timedelta(days=1)))
+
+    def workers_on(self, host_key: str) -> list[tuple[str, int]]:
+        """The workers (id, pid) that last said they run under ``host_key``."""
+        query = select(workers.c.id, workers.c.pid).where(
+            workers.c.host_key == host_key, workers.c.pid.is_not(None)
+        )
+        with read(self.engine) as conn:
+            return [(str(worker), int(pid)) for worker, pid in conn.execute(query)]
+
+    def release_worker(self, worker_id: str, now: datetime) -> int:
+        """Forget a worker known to be dead, making the runs it leased due now.
+
+        Its leases are not waited out: its runs are re-driven by the next
+        recovery pass, and each claim records the abandoned attempt as usual.
+
+        Returns:
+            How many leased runs were released.
+        """
+        leased = and_(
+            runs.c.lease_owner == worker_id,
+            runs.c.wake_at.is_not(None),  # the partial wake-up index: unfinished runs only
+            runs.c.wake_at > now,
+            runs.c.status.in_(ACTIVE_STATUSES),
+        )
+        with self.engine.begin() as conn:
+            released = conn.execute(update(runs).where(leased).values(wake_at=now)).rowcount
+            conn.execute(delete(workers).where(workers.c.id == worker_id))
+        return int(released)
 
     def live_definitions(self, since: datetime) -> set[Definition]:
         """The definitions some worker seen since ``since`` can run."""

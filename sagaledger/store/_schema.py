@@ -122,4 +122,8 @@ workers = Table(
     Column("definitions", Payload, nullable=False),  # [[name, version, fingerprint], ...]
     Column("started_at", UTCDateTime, nullable=False),
     Column("seen_at", UTCDateTime, nullable=False),
+    # The host and PID namespace the process runs in, and its process id: a
+    # worker with the same host_key can see whether that process still exists.
+    Column("host_key", String(200)),
+    Column("pid", Integer),
 )

@@ -1,11 +1,13 @@
 """A real worker process for crash tests: python -m tests.integration.crash_worker STORE [CRASH]
 
-Runs the ledger app on an embedded worker with short leases; with CRASH
-(STEP:POINT[:PHASE[:ATTEMPT]]) it SIGKILLs itself at that point.
+Runs the ledger app on an embedded worker with short leases (CRASH_WORKER_LEASE
+seconds, 1 by default); with CRASH (STEP:POINT[:PHASE[:ATTEMPT]]) it SIGKILLs
+itself at that point.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -21,7 +23,11 @@ def main() -> None:
     hooks = [CrashAt.parse(crash, mode="sigkill")] if crash else []
     log = SagaLog.open(store)
     orchestrator = Orchestrator(
-        log, registry, hooks=hooks, lease=timedelta(seconds=1), dispatch_grace=timedelta(0)
+        log,
+        registry,
+        hooks=hooks,
+        lease=timedelta(seconds=float(os.environ.get("CRASH_WORKER_LEASE", "1"))),
+        dispatch_grace=timedelta(0),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -26,11 +26,12 @@ from tests.ledger_app import STEPS, registry
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def spawn_worker(store_url: str, crash: str | None = None) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    store_url: str, crash: str | None = None, lease: float = 1
+) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "tests.integration.crash_worker", store_url]
-    return subprocess.Popen(
-        args + ([crash] if crash else []), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
-    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CRASH_WORKER_LEASE": str(lease)}
+    return subprocess.Popen(args + ([crash] if crash else []), cwd=ROOT, env=env)
 
 
 @pytest.fixture
@@ -41,20 +42,20 @@ def saga_log(store_url: str) -> Iterator[SagaLog]:
 
 
 def crash_then_recover(
-    store_url: str, log: SagaLog, ledger: str, crash: str, **order: object
+    store_url: str, log: SagaLog, ledger: str, crash: str, lease: float = 1, **order: object
 ) -> RunRecord:
     # Given a run written to the log (no broker message: a worker's recovery finds it)
     starter = Orchestrator(log, registry)
     run = starter.start("order", {"order_id": "K1", "ledger": ledger, **order})
 
     # When a worker takes it and is SIGKILLed at the chosen point
-    doomed = spawn_worker(store_url, crash)
+    doomed = spawn_worker(store_url, crash, lease)
     assert doomed.wait(timeout=60) == -signal.SIGKILL
 
     # Then a fresh worker resumes it from its checkpoint
-    survivor = spawn_worker(store_url)
+    survivor = spawn_worker(store_url, lease=lease)
     try:
-        return wait_finished(log, [run.id])[0]
+        return wait_finished(log, [run.id], timeout=60)[0]
     finally:
         survivor.send_signal(signal.SIGTERM)
         assert survivor.wait(timeout=30) == 0
@@ -117,3 +118,18 @@ def test_sigkill_in_the_middle_of_compensating(
     assert effects.count(("charge_payment", "compensate")) == 1
     order = [e.step for e in saga_log.events(run.id) if e.type is EventType.COMPENSATION_COMPLETED]
     assert order == ["create_erp_order", "charge_payment", "reserve_inventory"]
+
+
+def test_a_dead_neighbours_runs_resume_without_waiting_out_its_lease(
+    store_url: str, saga_log: SagaLog, tmp_path: Path
+) -> None:
+    # Leases of 10 minutes: the run can only finish within the 60 s wait if the
+    # fresh worker (same host) sees the killed one's process is gone and releases it.
+    ledger = str(tmp_path / "ledger.db")
+    run = crash_then_recover(store_url, saga_log, ledger, "charge_payment:after_action", lease=600)
+
+    assert run.status is RunStatus.COMPLETED
+    events = saga_log.events(run.id)
+    abandoned = [e for e in events if e.type is EventType.ATTEMPT_ABANDONED]
+    assert [(e.step, e.attempt) for e in abandoned] == [("charge_payment", 1)]
+    assert ledger_app.effects(ledger, run.id).count(("charge_payment", "forward")) == 1
