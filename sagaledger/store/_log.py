@@ -41,7 +41,7 @@ class SagaLog:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._raw = RawStatements(engine)
+        self._raw = RawStatements.for_engine(engine)
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool | None = None, **engine_options: Any) -> SagaLog:
@@ -147,8 +147,7 @@ class SagaLog:
         Raises:
             UnknownRunError: no such run.
         """
-        with self._raw.transaction(write=False) as cursor:
-            run = self._raw.get_run(cursor, run_id)
+        run = self._raw.get_run(run_id)
         if run is None:
             raise UnknownRunError(run_id)
         return run

@@ -3,23 +3,29 @@
 Every step of every run costs one checkpoint (a fenced UPDATE and an event
 INSERT) and every message one run lookup. Through SQLAlchemy's execution layer
 (compiled-statement cache, events, type processors, result objects) these cost
-several times what SQLite itself takes to run them, so they are written here
+several times what the database takes to run them, so they are written here
 once as SQL text, with values converted the way the table types convert them:
 rows written here and rows written through SQLAlchemy are the same bytes.
 Everything else in the log goes through SQLAlchemy.
+
+The two backends differ in what is cheap. SQLite runs in the process, so a
+statement costs no round trip, but it has one write lock: concurrent writes
+share transactions (group commit). Postgres is a round trip per statement and
+groups concurrent commits itself: each write is one statement (data-modifying
+CTEs) in autocommit, so a checkpoint is one round trip.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Engine, Table
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
 from sagaledger.store._group import GroupCommit
@@ -30,7 +36,7 @@ T = TypeVar("T")
 
 
 class RawStatements:
-    """Runs the log's hot statements on pooled DBAPI connections of ``engine``.
+    """Creates runs, appends checkpoints and reads runs on pooled DBAPI connections.
 
     Errors are raised as SQLAlchemy's exception classes (``IntegrityError``,
     ``OperationalError``...), as the rest of the log raises them, and a
@@ -39,104 +45,59 @@ class RawStatements:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.sqlite = engine.dialect.name == "sqlite"
-        self._codec = _SQLiteCodec() if self.sqlite else _PostgresCodec()
-        self._insert_run = self._sql(_insert(runs))
-        self._insert_event = self._sql(_insert(events, skip=("id",)))
-        self._get_run = self._sql(
-            f"SELECT {', '.join(_RUN_COLUMNS)} FROM sagaledger_runs WHERE id = :id"
-        )
-        self._updates: dict[frozenset[str], str] = {}  # fenced UPDATEs by column set
-        self._group = GroupCommit(self.transaction) if self.sqlite else None
+        self._updates: dict[Any, str] = {}  # statements built once per shape
 
-    # -- statements -------------------------------------------------------------
+    @classmethod
+    def for_engine(cls, engine: Engine) -> RawStatements:
+        """The statements for the engine's database."""
+        if engine.dialect.name == "sqlite":
+            return _SQLiteStatements(engine)
+        return _PostgresStatements(engine)
 
     def create_run(self, row: dict[str, Any], event_rows: Sequence[dict[str, Any]]) -> None:
         """Insert a run and its first events in one committed transaction."""
-        run = self._encode(runs, row)
-        encoded = [self._encode(events, e) for e in event_rows]
-
-        def write(cursor: Any) -> None:
-            cursor.execute(self._insert_run, run)
-            cursor.executemany(self._insert_event, encoded)
-
-        self.write(write)
+        raise NotImplementedError
 
     def append(
         self, run_id: str, token: int, values: dict[str, Any], event_rows: Sequence[dict[str, Any]]
     ) -> bool:
         """Set ``values`` on the run and append its events if ``token`` is still current.
 
-        The events' ``seq`` is taken from the run's ``last_seq``, advanced by the
-        same UPDATE that checks the token.
+        The events' ``seq`` follows the run's ``last_seq``, advanced by the same
+        write that checks the token; the ``seq`` given in ``event_rows`` is ignored.
 
         Returns:
             True if committed; False when the token has moved (nothing written).
         """
-        statement = self._fenced_update(frozenset(values))
-        params = self._encode(runs, values)
-        params.update(_run=run_id, _token=token, _added=len(event_rows))
-        encoded = [self._encode(events, e) for e in event_rows]
+        raise NotImplementedError
 
-        def write(cursor: Any) -> bool:
-            cursor.execute(statement, params)
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """The run, or None."""
+        with self._cursor(write=False) as cursor:
+            cursor.execute(self._select_run, {"id": run_id})
             row = cursor.fetchone()
-            if row is None:
-                return False
-            first_seq = int(row[0]) - len(encoded) + 1
-            for offset, event in enumerate(encoded):
-                event["seq"] = first_seq + offset
-            if encoded:
-                cursor.executemany(self._insert_event, encoded)
-            return True
-
-        return self.write(write)
-
-    def get_run(self, cursor: Any, run_id: str) -> RunRecord | None:
-        cursor.execute(self._get_run, {"id": run_id})
-        row = cursor.fetchone()
         return None if row is None else self._run(row)
 
-    # -- transactions -------------------------------------------------------------
-
-    def write(self, write: Callable[[Any], T]) -> T:
-        """Run ``write(cursor)`` in a committed writing transaction.
-
-        On SQLite, concurrent writes share transactions (see :class:`GroupCommit`);
-        Postgres commits concurrent transactions together by itself.
-        """
-        if self._group is not None:
-            return self._group.write(write)
-        with self.transaction() as cursor:
-            return write(cursor)
+    # -- connections ------------------------------------------------------------
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Any]:
-        """A cursor in one transaction, committed at the end of the block.
-
-        On SQLite a writing transaction takes the write lock up front (``BEGIN
-        IMMEDIATE``, like every writer of the log); a reading one is a single
-        statement in autocommit, which WAL makes a consistent snapshot.
-        """
+    def _cursor(self, *, write: bool) -> Iterator[Any]:
+        """A cursor on a pooled connection; its work is committed at the end of the block."""
         connection = self.engine.raw_connection()
         cursor = connection.cursor()
-        statement = "BEGIN IMMEDIATE"
+        dialect = self.engine.dialect
         try:
-            if self.sqlite and write:
-                cursor.execute(statement)
-            statement = "(transaction body)"
+            self._begin(connection, cursor, write)
             yield cursor
-            statement = "COMMIT"
             connection.commit()
-        except self.engine.dialect.loaded_dbapi.Error as exc:
-            dialect = self.engine.dialect
+        except dialect.loaded_dbapi.Error as exc:
             invalidated = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)
             if invalidated:
                 connection.invalidate(exc)  # never hand a dead connection out again
             else:
                 connection.rollback()
             raise DBAPIError.instance(
-                statement,
+                None,
                 None,
                 exc,
                 dialect.loaded_dbapi.Error,
@@ -148,40 +109,47 @@ class RawStatements:
             raise
         finally:
             cursor.close()
+            if connection.is_valid:
+                self._end(connection)
             connection.close()  # back to the pool
 
-    # -- helpers ----------------------------------------------------------------
+    def _begin(self, connection: Any, cursor: Any, write: bool) -> None:
+        """Start the block's transaction (the driver may start one by itself)."""
 
-    def _sql(self, text: str) -> str:
-        """``:name`` placeholders, in the driver's own paramstyle."""
-        return text if self.sqlite else re.sub(r":(\w+)", r"%(\1)s", text)
+    def _end(self, connection: Any) -> None:
+        """Leave the connection as the pool expects it."""
 
-    def _fenced_update(self, columns: frozenset[str]) -> str:
-        """The UPDATE setting ``columns``; a checkpoint sets one of a handful of sets."""
-        statement = self._updates.get(columns)
-        if statement is None:
-            assignments = ", ".join(f"{name} = :{name}" for name in sorted(columns))
-            statement = self._updates[columns] = self._sql(
-                f"UPDATE sagaledger_runs SET {assignments}, last_seq = last_seq + :_added"
-                " WHERE id = :_run AND lease_token = :_token RETURNING last_seq"
-            )
-        return statement
+    # -- values -----------------------------------------------------------------
 
     def _encode(self, table: Table, row: dict[str, Any]) -> dict[str, Any]:
         times, payloads = _CONVERTED[table.name]
         encoded = dict(row)
         for name in times.intersection(row):
             if row[name] is not None:
-                encoded[name] = self._codec.time(row[name])
+                encoded[name] = self._time(row[name])
         for name in payloads.intersection(row):  # None too: JSON null, as the JSON type does
-            encoded[name] = self._codec.json(row[name])
+            encoded[name] = self._json(row[name])
         return encoded
+
+    def _time(self, value: datetime) -> Any:
+        raise NotImplementedError
+
+    def _json(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def _read_time(self, value: Any) -> datetime:
+        raise NotImplementedError
+
+    def _read_json(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    _select_run = f"SELECT {', '.join(c.name for c in runs.columns)} FROM sagaledger_runs"
 
     def _run(self, row: Sequence[Any]) -> RunRecord:
         (id_, saga_name, saga_version, fingerprint, business_key, status, step_index, step,
          attempt, input_, lease_owner, lease_token, wake_at, dispatched_at, last_seq,
          blocked_reason, last_error, created_at, updated_at) = row  # fmt: skip
-        read_time, read_json = self._codec.read_time, self._codec.read_json
+        read_time, read_json = self._read_time, self._read_json
         return RunRecord(
             id=id_,
             saga_name=saga_name,
@@ -205,11 +173,68 @@ class RawStatements:
         )
 
 
-class _SQLiteCodec:
-    """Values as SQLAlchemy's SQLite types store them: naive-UTC text times, JSON text."""
+class _SQLiteStatements(RawStatements):
+    """SQLite: statements in ``BEGIN IMMEDIATE`` transactions, shared by concurrent writers."""
+
+    _select_run = RawStatements._select_run + " WHERE id = :id"
+    _insert_run = f"INSERT INTO sagaledger_runs ({', '.join(c.name for c in runs.columns)})" + (
+        f" VALUES ({', '.join(':' + c.name for c in runs.columns)})"
+    )
+
+    def __init__(self, engine: Engine):
+        super().__init__(engine)
+        self._group = GroupCommit(lambda: self._cursor(write=True))
+        self._insert_event = (
+            f"INSERT INTO sagaledger_events ({', '.join(_EVENT_COLUMNS)})"
+            f" VALUES ({', '.join(':' + name for name in _EVENT_COLUMNS)})"
+        )
+
+    def create_run(self, row: dict[str, Any], event_rows: Sequence[dict[str, Any]]) -> None:
+        run = self._encode(runs, row)
+        encoded = [self._encode(events, e) for e in event_rows]
+
+        def write(cursor: Any) -> None:
+            cursor.execute(self._insert_run, run)
+            cursor.executemany(self._insert_event, encoded)
+
+        self._group.write(write)
+
+    def append(
+        self, run_id: str, token: int, values: dict[str, Any], event_rows: Sequence[dict[str, Any]]
+    ) -> bool:
+        statement = self._fenced_update(frozenset(values))
+        params = self._encode(runs, values)
+        params.update(_run=run_id, _token=token, _added=len(event_rows))
+        encoded = [self._encode(events, e) for e in event_rows]
+
+        def write(cursor: Any) -> bool:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+            if row is None:
+                return False
+            first_seq = int(row[0]) - len(encoded) + 1
+            for offset, event in enumerate(encoded):
+                event["seq"] = first_seq + offset
+            if encoded:
+                cursor.executemany(self._insert_event, encoded)
+            return True
+
+        return self._group.write(write)
+
+    def _fenced_update(self, columns: frozenset[str]) -> str:
+        statement = self._updates.get(columns)
+        if statement is None:
+            statement = self._updates[columns] = _fenced_update(columns, ":{}")
+        return statement
+
+    def _begin(self, connection: Any, cursor: Any, write: bool) -> None:
+        # Writers take the write lock up front; a read is one statement in
+        # autocommit, which WAL makes a consistent snapshot.
+        if write:
+            cursor.execute("BEGIN IMMEDIATE")
 
     @staticmethod
-    def time(value: datetime) -> str:
+    def _time(value: datetime) -> str:
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: sagaledger stores UTC-aware times only")
         if value.tzinfo is not UTC:
@@ -220,42 +245,129 @@ class _SQLiteCodec:
         return text if value.microsecond else text + ".000000"
 
     @staticmethod
-    def json(value: Any) -> str:
+    def _json(value: Any) -> str:
         return "null" if value is None else json.dumps(value)
 
     @staticmethod
-    def read_time(value: str) -> datetime:
+    def _read_time(value: str) -> datetime:
         return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
     @staticmethod
-    def read_json(value: str | None) -> Any:
+    def _read_json(value: str | None) -> Any:
         return None if value is None else json.loads(value)
 
 
-class _PostgresCodec:
-    """Values as psycopg takes them: aware datetimes, JSONB through its adapter."""
+class _PostgresStatements(RawStatements):
+    """Postgres: every write one statement in autocommit, so one round trip."""
 
-    def __init__(self) -> None:
+    _select_run = RawStatements._select_run + " WHERE id = %(id)s"
+
+    def __init__(self, engine: Engine):
+        super().__init__(engine)
         from psycopg.types.json import Jsonb
 
         self._jsonb = Jsonb
 
-    @staticmethod
-    def time(value: datetime) -> datetime:
+    def create_run(self, row: dict[str, Any], event_rows: Sequence[dict[str, Any]]) -> None:
+        params = self._encode(runs, row)
+        params.update(_run=row["id"])
+        statement = self._statement(
+            ("create", len(event_rows)),
+            lambda: (
+                "WITH new_run AS (INSERT INTO sagaledger_runs"
+                f" ({', '.join(c.name for c in runs.columns)})"
+                f" VALUES ({', '.join(f'%({c.name})s' for c in runs.columns)}) RETURNING last_seq)"
+                f"{_insert_events(len(event_rows), 'new_run')} SELECT last_seq FROM new_run"
+            ),
+        )
+        self._add_events(params, event_rows)
+        with self._cursor(write=True) as cursor:
+            cursor.execute(statement, params)
+
+    def append(
+        self, run_id: str, token: int, values: dict[str, Any], event_rows: Sequence[dict[str, Any]]
+    ) -> bool:
+        columns = frozenset(values)
+        statement = self._statement(
+            (columns, len(event_rows)),
+            lambda: (
+                f"WITH fenced AS ({_fenced_update(columns, '%({})s')})"
+                f"{_insert_events(len(event_rows), 'fenced')} SELECT last_seq FROM fenced"
+            ),
+        )
+        params = self._encode(runs, values)
+        params.update(_run=run_id, _token=token, _added=len(event_rows))
+        self._add_events(params, event_rows)
+        with self._cursor(write=True) as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchone() is not None
+
+    def _statement(self, shape: Any, build: Callable[[], str]) -> str:
+        statement = self._updates.get(shape)
+        if statement is None:
+            statement = self._updates[shape] = build()
+        return statement
+
+    def _add_events(self, params: dict[str, Any], event_rows: Sequence[dict[str, Any]]) -> None:
+        params["_added"] = len(event_rows)
+        for n, event in enumerate(self._encode(events, e) for e in event_rows):
+            for name in _EVENT_VALUES:
+                params[f"e{n}_{name}"] = event[name]
+
+    def _begin(self, connection: Any, cursor: Any, write: bool) -> None:
+        # One statement per block: autocommit spares the BEGIN and COMMIT round trips.
+        connection.dbapi_connection.autocommit = True
+
+    def _end(self, connection: Any) -> None:
+        connection.dbapi_connection.autocommit = False
+
+    def _time(self, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: sagaledger stores UTC-aware times only")
         return value
 
-    def json(self, value: Any) -> Any:
+    def _json(self, value: Any) -> Any:
         return self._jsonb(value)
 
     @staticmethod
-    def read_time(value: datetime) -> datetime:
+    def _read_time(value: datetime) -> datetime:
         return value.astimezone(UTC)
 
     @staticmethod
-    def read_json(value: Any) -> Any:
+    def _read_json(value: Any) -> Any:
         return value  # psycopg parses JSONB itself
+
+
+def _fenced_update(columns: frozenset[str], placeholder: str) -> str:
+    """The UPDATE that sets ``columns`` only while the lease token is unchanged."""
+    p = placeholder.format
+    assignments = ", ".join(f"{name} = {p(name)}" for name in sorted(columns))
+    return (
+        f"UPDATE sagaledger_runs SET {assignments}, last_seq = last_seq + {p('_added')}"
+        f" WHERE id = {p('_run')} AND lease_token = {p('_token')} RETURNING last_seq"
+    )
+
+
+def _insert_events(count: int, source: str) -> str:
+    """A CTE inserting ``count`` events numbered after ``source``'s ``last_seq`` (Postgres).
+
+    Each value is cast to its column's type: in a VALUES list a NULL has none.
+    """
+    if count == 0:
+        return ""
+    rows = ", ".join(
+        "("
+        + ", ".join(
+            [str(n + 1)] + [f"CAST(%(e{n}_{name})s AS {_PG_TYPES[name]})" for name in _EVENT_VALUES]
+        )
+        + ")"
+        for n in range(count)
+    )
+    return (
+        f", appended AS (INSERT INTO sagaledger_events (run_id, seq, {', '.join(_EVENT_VALUES)})"
+        f" SELECT %(_run)s, {source}.last_seq - %(_added)s + e.n, {', '.join(_EVENT_VALUES)}"
+        f" FROM {source}, (VALUES {rows}) AS e(n, {', '.join(_EVENT_VALUES)}))"
+    )
 
 
 #: Per table: the columns whose values are converted (times, JSON payloads).
@@ -266,15 +378,15 @@ _CONVERTED = {
     )
     for table in (runs, events)
 }
-#: The runs table's columns, in the order RunRecord takes them.
-_RUN_COLUMNS = [c.name for c in runs.columns]
-if [field.name for field in dataclasses.fields(RunRecord)] != _RUN_COLUMNS:
+#: Every column of an event but its id (the database numbers events).
+_EVENT_COLUMNS = [c.name for c in events.columns if c.name != "id"]
+#: An event's columns that come from its values (run_id and seq come from the run).
+_EVENT_VALUES = [name for name in _EVENT_COLUMNS if name not in ("run_id", "seq")]
+#: The Postgres type of each event column, for casts.
+_PG_TYPES = {
+    c.name: c.type.compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
+    for c in events.columns
+}
+
+if [c.name for c in runs.columns] != [field.name for field in dataclasses.fields(RunRecord)]:
     raise RuntimeError("RunRecord's fields must follow sagaledger_runs' columns, in order")
-
-
-def _insert(table: Table, skip: Sequence[str] = ()) -> str:
-    names = [c.name for c in table.columns if c.name not in skip]
-    return (
-        f"INSERT INTO {table.name} ({', '.join(names)})"
-        f" VALUES ({', '.join(':' + name for name in names)})"
-    )
