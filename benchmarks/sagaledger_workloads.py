@@ -1,110 +1,65 @@
-"""The sagaledger side of ``compare.py``: one workload, embedded (SQLite + EmbeddedWorker).
+"""The sagaledger side of ``compare.py``: one workload, embedded or in production mode.
 
 Runs in our own interpreter, in a fresh process per workload, and prints its
 figures as one JSON line on stdout:
 
     python benchmarks/sagaledger_workloads.py latency --runs 200 --dir /tmp/x
+    python benchmarks/sagaledger_workloads.py latency --runs 100 --dir /tmp/x \\
+        --backend redis --db-url postgresql://... --redis-url redis://...
+
+Backends: ``sqlite`` and ``postgres`` run the embedded runtime (``Orchestrator``
++ ``EmbeddedWorker``) in this process; ``redis`` is production mode: this
+process starts runs with ``Orchestrator.start()`` on the Redis broker, and one
+worker process (``sagaledger_worker.py``) drives them. W3 (``recovery``) always
+runs its worker in a child process, to SIGKILL it.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import threading
+import sys
 import time
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from _workloads import STEPS, batch_figures, emit, journal_mode, parse_args, sequential, step_result
-from pydantic import BaseModel
-
-from sagaledger import (
-    EmbeddedWorker,
-    EventType,
-    Hooks,
-    Orchestrator,
-    PermanentError,
-    Registry,
-    RetrySafety,
-    Saga,
-    SagaLog,
-    step,
+from _recovery import W3_RUNS, Ledger, counter, measure_recovery
+from _sagaledger_app import (
+    FAILING_ORDER,
+    ORDER,
+    RECOVERY_ORDER,
+    REGISTRY,
+    Finished,
+    open_log,
+    store_url,
+)
+from _workloads import (
+    STEPS,
+    Child,
+    batch_figures,
+    child_env,
+    emit,
+    journal_mode,
+    parse_args,
+    process_cpu_s,
+    sequential,
 )
 
-#: The events that end a run: W1 completes, W2 is compensated.
-FINAL = (EventType.RUN_COMPLETED, EventType.RUN_COMPENSATED)
+from sagaledger import EmbeddedWorker, Orchestrator, Saga, SagaLog
+from sagaledger.sagas import build_broker, declare_actors
 
-
-class Order(BaseModel):
-    order_id: str
-
-
-def _noop_step(name: str, fail: bool = False) -> Any:
-    """A step that returns ~100 bytes, or (``fail``) fails permanently; undone by a no-op."""
-
-    def action(ctx: Any) -> dict[str, Any]:
-        if fail:
-            raise PermanentError(f"{name} refused")
-        return step_result(ctx.input.order_id, name)
-
-    return step(name, compensate=lambda ctx: None, retry_safety=RetrySafety.IDEMPOTENCY_KEY)(action)
-
-
-ORDER = Saga("bench_order", 1, Order, [_noop_step(name) for name in STEPS])
-FAILING_ORDER = Saga(
-    "bench_order_failing",
-    1,
-    Order,
-    [_noop_step(name, fail=name == STEPS[-1]) for name in STEPS],
-)
-
-
-class Finished(Hooks):
-    """Signals each run's end from the worker thread, right after the commit that records it.
-
-    Waiting on this hook rather than polling the log keeps any polling interval
-    out of the figures.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.runs: dict[str, threading.Event] = defaultdict(threading.Event)
-        self.count, self.target, self.all_done = 0, 0, threading.Event()
-        self.last_at = 0.0
-
-    def after_checkpoint(self, run_id: str, events: Sequence[Any]) -> None:
-        if not any(e.type in FINAL for e in events):
-            return
-        with self.lock:
-            self.runs[run_id].set()
-            self.count += 1
-            self.last_at = time.perf_counter()
-            if self.count == self.target:
-                self.all_done.set()
-
-    def wait(self, run_id: str, timeout: float = 30.0) -> None:
-        with self.lock:
-            done = self.runs[run_id]
-        if not done.wait(timeout):
-            raise RuntimeError(f"run {run_id} did not finish within {timeout}s")
-
-
-Runtime = tuple[SagaLog, Orchestrator, EmbeddedWorker, Finished]
-
-
-def open_runtime(db_file: Path, threads: int) -> Runtime:
-    """A fresh saga log, the real embedded runtime on it, and the hook that sees runs end."""
-    log = SagaLog.open(f"sqlite:///{db_file}")
-    finished = Finished()
-    orchestrator = Orchestrator(
-        log, Registry([ORDER, FAILING_ORDER]), hooks=[finished], worker_id="bench"
-    )
-    return log, orchestrator, EmbeddedWorker(orchestrator, threads=threads), finished
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "sagaledger_worker.py"
 
 
 def run_sequential(
-    orchestrator: Orchestrator, finished: Finished, saga: Saga, runs: int
+    orchestrator: Orchestrator,
+    finished: Finished,
+    saga: Saga,
+    runs: int,
+    cpu_time: Callable[[], float] = time.process_time,
 ) -> dict[str, float]:
     """W1 latency / W2: start a run, wait for its end, repeat."""
 
@@ -112,35 +67,128 @@ def run_sequential(
         run = orchestrator.start(saga, {"order_id": f"S{i}"})
         finished.wait(run.id)
 
-    return sequential(run_one, runs)
+    return sequential(run_one, runs, cpu_time)
 
 
-def run_batch(orchestrator: Orchestrator, finished: Finished, runs: int) -> dict[str, float]:
+def run_batch(
+    orchestrator: Orchestrator,
+    finished: Finished,
+    runs: int,
+    cpu_time: Callable[[], float] = time.process_time,
+) -> dict[str, float]:
     """W1 throughput: start ``runs`` sagas back to back; time to the last one's completion."""
     finished.target = runs
-    cpu0, t0 = time.process_time(), time.perf_counter()
+    cpu0, t0 = cpu_time(), time.perf_counter()
     for i in range(runs):
         orchestrator.start(ORDER, {"order_id": f"T{i}"})
     if not finished.all_done.wait(60 + runs / 5):
         raise RuntimeError(f"only {finished.count}/{runs} sagas completed")
-    cpu = time.process_time() - cpu0
+    cpu = cpu_time() - cpu0
     return batch_figures(runs, finished.last_at - t0, cpu)
+
+
+def run_workload(
+    args: argparse.Namespace,
+    orchestrator: Orchestrator,
+    finished: Finished,
+    cpu_time: Callable[[], float] = time.process_time,
+) -> dict[str, float]:
+    """W1 latency, W1 throughput or W2 on a running worker."""
+    if args.workload == "throughput":
+        return run_batch(orchestrator, finished, args.runs, cpu_time)
+    saga = ORDER if args.workload == "latency" else FAILING_ORDER
+    return run_sequential(orchestrator, finished, saga, args.runs, cpu_time)
+
+
+def embedded(args: argparse.Namespace, log: SagaLog) -> dict[str, float]:
+    """W1/W2 with the worker in this process, its hook signalling each run's end."""
+    finished = Finished()
+    orchestrator = Orchestrator(log, REGISTRY, hooks=[finished], worker_id="bench")
+    with EmbeddedWorker(orchestrator, threads=args.threads):
+        return run_workload(args, orchestrator, finished)
+
+
+def worker_command(args: argparse.Namespace, *extra: str) -> list[str]:
+    """The command line of a worker process with this run's store and settings."""
+    command = [sys.executable, str(WORKER), "--store", store_url(args), *extra]
+    if args.backend == "redis":
+        command += ["--broker", args.redis_url]
+    for option in ("lease", "dispatch_grace", "recovery_interval"):
+        if getattr(args, option) is not None:
+            command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+    return command
+
+
+def starter(args: argparse.Namespace, log: SagaLog) -> Orchestrator:
+    """An Orchestrator that starts runs and sends them to the workers over Redis."""
+    orchestrator = Orchestrator(log, REGISTRY)
+    declare_actors(build_broker(args.redis_url), orchestrator)
+    return orchestrator
+
+
+def production(args: argparse.Namespace, log: SagaLog) -> dict[str, float]:
+    """W1/W2 in production mode: runs started here over Redis, driven by one worker process.
+
+    The worker prints ``done RUN_ID`` right after each run's final commit; a
+    thread here reads those lines, so a run's end is seen about a pipe write
+    later. CPU figures add the worker process's CPU to this one's.
+    """
+    command = worker_command(args, "--threads", str(args.threads), "--report")
+    worker = Child(command, args.dir / "worker.log", env=child_env())
+    try:
+        worker.expect("ready")
+        finished = Finished()
+        worker.on_line = lambda line: finished.mark(line.split()[1])
+
+        def cpu_time() -> float:
+            return time.process_time() + process_cpu_s(worker.pid)
+
+        return run_workload(args, starter(args, log), finished, cpu_time)
+    finally:
+        if worker.stop() != 0:
+            print(worker.tail(), file=sys.stderr)
+
+
+def recovery(args: argparse.Namespace, log: SagaLog) -> dict[str, Any]:
+    """W3: 500 sagas in a worker process, SIGKILLed halfway; a new worker finishes them."""
+    ledger = Ledger(args.dir / "ledger.db")
+    url = store_url(args)
+    finished = counter(url, "SELECT count(*) FROM sagaledger_runs WHERE status = 'completed'")
+    redis = args.backend == "redis"
+
+    def spawn(phase: str) -> Child:
+        extra = ["--threads", str(args.threads)]
+        if phase == "first" and not redis:  # an embedded app starts its own runs
+            extra += ["--start", str(W3_RUNS), "--ledger", ledger.path]
+        return Child(worker_command(args, *extra), args.dir / f"worker-{phase}.log", child_env())
+
+    def submit() -> None:
+        # Production: the runs wait in Redis (and in the log) for the first worker.
+        orchestrator = starter(args, log)
+        for i in range(W3_RUNS):
+            orchestrator.start(RECOVERY_ORDER, {"order_id": f"R{i}", "ledger": ledger.path})
+
+    kill_at = args.kill_at or W3_RUNS * len(STEPS) // 2
+    return measure_recovery(spawn, finished, ledger, kill_at, submit if redis else None)
 
 
 def main() -> None:
     args = parse_args(__doc__.split("\n\n")[0])
     logging.basicConfig(level=logging.WARNING)
-    db_file = args.dir / "sagaledger.db"
-    log, orchestrator, worker, finished = open_runtime(db_file, args.threads)
-    with worker:
-        if args.workload == "throughput":
-            figures = run_batch(orchestrator, finished, args.runs)
+    url = store_url(args)
+    # Migrates the fresh database (on Postgres, as `sagaledger db upgrade` would).
+    with closing(open_log(url, args.threads)) as log:
+        if args.workload == "recovery":
+            figures = recovery(args, log)
+        elif args.backend == "redis":
+            figures = production(args, log)
         else:
-            saga = ORDER if args.workload == "latency" else FAILING_ORDER
-            figures = run_sequential(orchestrator, finished, saga, args.runs)
-    completed = log.count_runs()
-    log.close()
-    emit({**figures, "final_statuses": completed, "journal_mode": journal_mode(db_file)})
+            figures = embedded(args, log)
+        statuses = log.count_runs()
+    extra = {}
+    if args.backend == "sqlite":
+        extra["journal_mode"] = journal_mode(Path(url.removeprefix("sqlite:///")))
+    emit({**figures, "final_statuses": statuses, **extra})
 
 
 if __name__ == "__main__":
