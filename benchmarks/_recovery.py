@@ -216,6 +216,7 @@ def measure_recovery(
         **at_kill,
         "recovery_s": recovery_s,
         "restart_ready_s": ready_at - restarted_at,
+        "ready_to_complete_s": recovery_s - (ready_at - restarted_at),
         "first_recovered_step_s": first_call - restarted_at if first_call else None,
         "lost_runs": W3_RUNS - done,
         **summary,
