@@ -58,7 +58,11 @@ LIMIT = 500  # Orchestrator.recover's default
 #: Finished runs were created over this period, ending an hour before the benchmark's now.
 HISTORY = timedelta(days=30)
 #: Indexes that could serve the recovery query; the peer figure runs without them.
-RECOVERY_INDEXES = ("ix_sagaledger_runs_wake_at", "ix_sagaledger_runs_status_saga")
+RECOVERY_INDEXES = (
+    "ix_sagaledger_runs_wake_at",
+    "ix_sagaledger_runs_status_saga",
+    "ix_sagaledger_runs_status_created_at",
+)
 #: Postgres autovacuums a table once a fifth of its rows are dead (autovacuum_vacuum_scale_factor).
 AUTOVACUUM_SCALE = 0.2
 
@@ -329,6 +333,10 @@ class Recovery:
 
 def explain(log: SagaLog, statement: str, parameters: Any) -> list[str]:
     """The plan of ``statement``: executed and rolled back on Postgres, planned on SQLite."""
+    if log.engine.dialect.name == "sqlite":
+        # sqlite3 caches prepared statements per connection, and a cached EXPLAIN is
+        # not planned again after ANALYZE or an index change: explain on a new connection.
+        log.engine.dispose()
     with log.engine.connect() as conn:
         if log.engine.dialect.name == "postgresql":
             query = "EXPLAIN (ANALYZE, BUFFERS) " + statement

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from sagaledger import SchemaNotReadyError, StoreError
-from sagaledger.store import EventType, NewEvent, SagaLog, create_store_engine
+from sagaledger.store import EventType, NewEvent, SagaLog, create_store_engine, upgrade
 from sagaledger.store._migrate import VERSION_TABLE
 from sagaledger.store._schema import metadata
 
@@ -217,3 +217,24 @@ def test_runs_are_listed_by_status_within_a_period_newest_first(saga_log: SagaLo
     assert all(NOW - day <= run.created_at < NOW for run in found)
     assert [r.id for r in saga_log.list_runs(since=NOW, limit=2)] == ["r71", "r70"]
     assert [r.id for r in saga_log.list_runs(until=NOW - 2 * day + day / 24)] == ["r00"]
+
+
+def test_an_analyzed_sqlite_log_keeps_statistics_for_the_status_start_index(
+    sqlite_url: str,
+) -> None:
+    # Given a SQLite log at schema 0001 with one run, analyzed once
+    engine = create_store_engine(sqlite_url)
+    upgrade(engine, "0001")
+    new_run(SagaLog(engine))
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE"))
+
+    # When it is upgraded
+    upgrade(engine)
+
+    # Then the new index has statistics too, so the planner weighs it like the others
+    with engine.connect() as conn:
+        indexes = conn.execute(text("SELECT idx FROM sqlite_stat1")).scalars().all()
+    engine.dispose()
+    assert "ix_sagaledger_runs_status_created_at" in indexes
+    assert "ix_sagaledger_runs_wake_at" in indexes
