@@ -297,24 +297,34 @@ class Orchestrator:
         now = self.clock()
         mine = self.registry.definitions()
         self.log.heartbeat(self.worker_id, mine, now, host_key=self.host_key, pid=os.getpid())
-        self._release_dead_neighbours(now)
-        due = self.log.claim_due(now, self.dispatch_grace, mine, limit)
+        # A dead process may also have held the messages of runs it dispatched (an
+        # in-memory queue dies with it, prefetched broker messages come back late):
+        # then take every due run now, not a dispatch grace later. A run whose
+        # message is still alive gets two; the later one finds it claimed and is dropped.
+        grace = timedelta(0) if self._release_dead_neighbours(now) else self.dispatch_grace
+        due = self.log.claim_due(now, grace, mine, limit)
         for run in due:
             self.dispatch(Dispatch(run.id, run.saga_name, run.saga_version))
         self._flag_unserved(now, mine, limit)
         return len(due)
 
-    def _release_dead_neighbours(self, now: datetime) -> None:
+    def _release_dead_neighbours(self, now: datetime) -> bool:
         """Make the runs of a worker whose process died on this host due at once.
 
         Without this, they wait for the dead worker's leases to expire.
+
+        Returns:
+            True if a dead worker was found.
         """
+        found = False
         for worker, pid in self.log.workers_on(self.host_key):
             if worker != self.worker_id and not is_running(pid):
                 released = self.log.release_worker(worker, now)
                 logger.warning(
                     "worker %s (pid %d) is gone; %d runs it held are due now", worker, pid, released
                 )
+                found = True
+        return found
 
     def _flag_unserved(self, now: datetime, mine: set[Definition], limit: int) -> None:
         """Mark due runs whose definition no live worker has, once, where people look."""

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sagaledger import Orchestrator, Registry, SagaLog
 from sagaledger.sagas._liveness import host_key, is_running
 from sagaledger.store import EventType, NewEvent
+from tests.ledger_app import order_saga
 
 NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
 LEASE = timedelta(minutes=10)
@@ -41,9 +42,9 @@ def test_the_host_key_is_shared_by_the_processes_of_one_host() -> None:
 def leased_run(log: SagaLog, run_id: str, owner: str) -> None:
     row = {
         "id": run_id,
-        "saga_name": "s",
-        "saga_version": 1,
-        "fingerprint": "f",
+        "saga_name": order_saga.name,
+        "saga_version": order_saga.version,
+        "fingerprint": order_saga.fingerprint,
         "business_key": run_id,
         "status": "running",
         "step_index": 0,
@@ -92,3 +93,16 @@ def test_releasing_a_worker_leaves_finished_and_waiting_runs_alone(saga_log: Sag
     saga_log.append("finished", 1, [], NOW, status="completed", lease_owner=None, wake_at=None)
     assert saga_log.release_worker("w", NOW + timedelta(seconds=1)) == 1
     assert saga_log.get_run("finished").wake_at is None
+
+
+def test_a_dead_neighbours_undelivered_messages_are_not_waited_for(saga_log: SagaLog) -> None:
+    # A run dispatched a second ago: its message may have died with the dead worker.
+    leased_run(saga_log, "dispatched", "someone")
+    saga_log.append("dispatched", 1, [], NOW, lease_owner=None, wake_at=NOW, dispatched_at=NOW)
+    later = NOW + timedelta(seconds=1)
+    registry = Registry([order_saga])
+    orchestrator = Orchestrator(saga_log, registry, worker_id="me", clock=lambda: later)
+
+    assert orchestrator.recover() == 0  # within the dispatch grace, nobody dead: wait
+    saga_log.heartbeat("dead-here", [], NOW, host_key=host_key(), pid=dead_pid())
+    assert orchestrator.recover() == 1  # a neighbour died: do not wait for the grace
