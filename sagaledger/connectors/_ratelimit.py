@@ -24,9 +24,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
-import redis
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -35,6 +34,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails
+
+if TYPE_CHECKING:
+    import redis
 
 #: Connector names become part of Redis keys, inside a ``{hash tag}``, so braces
 #: and whitespace are out.
@@ -340,6 +342,8 @@ class RedisRateLimiter:
     @classmethod
     def from_url(cls, url: str, prefix: str = "sagaledger:rl") -> Self:
         """Connect to the Redis at ``url`` (e.g. ``redis://host:6379/0``)."""
+        import redis  # here, not at the top: a tenth of a second of start-up, only when used
+
         return cls(redis.Redis.from_url(url), prefix)
 
     def _key(self, name: str, kind: str) -> str:

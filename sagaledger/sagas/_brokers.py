@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import dramatiq
-import redis
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from sagaledger._errors import BrokerError
@@ -62,6 +61,10 @@ def build_broker(url: str | None) -> dramatiq.Broker:
         return StubBroker()
     if not url.lower().startswith(REDIS_SCHEMES):
         raise BrokerError(f"unsupported broker URL {mask_url(url)!r}: use {BROKER_URLS}")
+    # Imported here: redis costs a tenth of a second at start, wasted in embedded mode.
+    import redis
+    from dramatiq.brokers.redis import RedisBroker
+
     try:
         client = redis.Redis.from_url(
             url,
@@ -86,6 +89,8 @@ def build_broker(url: str | None) -> dramatiq.Broker:
 
 def rate_limiter_for(broker: dramatiq.Broker) -> RateLimiter:
     """Rate limits shared through the broker's Redis, or kept in this process."""
-    if isinstance(broker, RedisBroker):
+    # Not imported, then no RedisBroker exists (it is imported only when needed).
+    redis_brokers = sys.modules.get("dramatiq.brokers.redis")
+    if redis_brokers is not None and isinstance(broker, redis_brokers.RedisBroker):
         return RedisRateLimiter(broker.client)
     return MemoryRateLimiter()
