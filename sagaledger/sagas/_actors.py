@@ -46,13 +46,13 @@ def declare_actors(
     # Declaring the actor declares its queue: give it a version queue, so that a
     # worker polls no queue that nobody sends to.
     queues = sorted({queue_for(queue, s.name, s.version) for s in orchestrator.registry}) or [queue]
-    actor = dramatiq.actor(
-        broker=broker,
-        actor_name=DRIVE_ACTOR,
-        queue_name=queues[0],
-        max_retries=0,
-        time_limit=_NO_TIME_LIMIT,
-    )(drive_run)
+    # A broker of one's own may carry Dramatiq's default middleware: turn its
+    # retries and its time limit off (the options exist only with the middleware).
+    wanted = {"max_retries": 0, "time_limit": _NO_TIME_LIMIT}
+    options: dict[str, Any] = {k: v for k, v in wanted.items() if k in broker.actor_options}
+    actor = dramatiq.actor(broker=broker, actor_name=DRIVE_ACTOR, queue_name=queues[0], **options)(
+        drive_run
+    )
     for name in queues[1:]:
         broker.declare_queue(name)
 

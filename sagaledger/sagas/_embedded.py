@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from dramatiq.brokers.stub import StubBroker
-
+from sagaledger.sagas._brokers import build_broker
 from sagaledger.sagas._orchestrator import Orchestrator
 from sagaledger.sagas._worker import SagaWorker
 
@@ -30,5 +29,5 @@ class EmbeddedWorker(SagaWorker):
         recovery_interval: timedelta = timedelta(seconds=2),
     ):
         super().__init__(
-            orchestrator, StubBroker(), threads=threads, recovery_interval=recovery_interval
+            orchestrator, build_broker(None), threads=threads, recovery_interval=recovery_interval
         )

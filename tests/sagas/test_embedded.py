@@ -10,8 +10,10 @@ from typing import Any
 
 import dramatiq
 import pytest
+from dramatiq.brokers.stub import StubBroker
 
 from sagaledger import EmbeddedWorker, Orchestrator, RunStatus, SagaLog
+from sagaledger.sagas import build_broker, declare_actors
 from sagaledger.store import EventType
 from tests import ledger_app
 from tests.helpers import wait_finished
@@ -89,3 +91,17 @@ def test_a_run_whose_message_is_lost_is_recovered_from_the_log(
         orchestrator, threads=2, recovery_interval=timedelta(milliseconds=100)
     ) as worker:
         assert worker.wait(run.id).status is RunStatus.COMPLETED
+
+
+def test_our_brokers_carry_no_default_middleware_and_a_users_broker_is_tamed(
+    orchestrator: Orchestrator,
+) -> None:
+    # Ours: no retries from messages, no 10-minute time limit, no unused hooks.
+    lean = build_broker(None)
+    assert lean.middleware == []
+    assert declare_actors(lean, orchestrator).options == {}
+    # A broker of the user's own, with Dramatiq's defaults: retries and time limit off.
+    theirs = StubBroker()
+    options = declare_actors(theirs, orchestrator).options
+    assert options["max_retries"] == 0
+    assert options["time_limit"] >= 7 * 24 * 3600 * 1000
