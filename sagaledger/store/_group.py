@@ -27,9 +27,9 @@ Write = Callable[[Any], T]
 class _Pending(Generic[T]):
     """One thread's write, waiting for the transaction that will carry it."""
 
-    def __init__(self, write: Write[T]):
+    def __init__(self, write: Write[T], done: threading.Event | None):
         self.write = write
-        self.done = threading.Event()
+        self.done = done  # None for a writer that commits its own batch: it never waits
         self.lead = False  # woken to commit the next batch, not because it is done
         self.result: T | None = None
         self.error: BaseException | None = None
@@ -48,6 +48,7 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._queue: list[_Pending[Any]] = []
         self._busy = False  # a batch is being committed
+        self._waits = threading.local()  # each thread's Event, reused: it waits on one at a time
 
     def write(self, write: Write[T]) -> T:
         """Run ``write(cursor)`` in a committed transaction; return what it returned.
@@ -55,12 +56,12 @@ class GroupCommit:
         Raises:
             Whatever ``write`` raised, or the commit's error.
         """
-        pending: _Pending[T] = _Pending(write)
         with self._lock:
-            self._queue.append(pending)
             lead = not self._busy
+            pending: _Pending[T] = _Pending(write, None if lead else self._wait_event())
+            self._queue.append(pending)
             self._busy = True
-        if not lead:
+        if pending.done is not None:
             pending.done.wait()
             # Woken either done, or to commit the next batch (its own write in it).
             lead = pending.lead
@@ -79,11 +80,21 @@ class GroupCommit:
             if self._queue:
                 heir = self._queue[0]
                 heir.lead = True
+                assert heir.done is not None  # queued while busy, so it waits
                 heir.done.set()
             else:
                 self._busy = False
         for pending in batch:
-            pending.done.set()
+            if pending.done is not None:
+                pending.done.set()
+
+    def _wait_event(self) -> threading.Event:
+        """This thread's Event, cleared (creating one costs more than a small write)."""
+        event: threading.Event | None = getattr(self._waits, "event", None)
+        if event is None:
+            event = self._waits.event = threading.Event()
+        event.clear()
+        return event
 
     def _run(self, batch: list[_Pending[Any]]) -> None:
         try:

@@ -184,6 +184,7 @@ class _SQLiteStatements(RawStatements):
     def __init__(self, engine: Engine):
         super().__init__(engine)
         self._group = GroupCommit(lambda: self._cursor(write=True))
+        self._last_time: tuple[datetime | None, str] = (None, "")
         self._insert_event = (
             f"INSERT INTO sagaledger_events ({', '.join(_EVENT_COLUMNS)})"
             f" VALUES ({', '.join(':' + name for name in _EVENT_COLUMNS)})"
@@ -233,16 +234,20 @@ class _SQLiteStatements(RawStatements):
         if write:
             cursor.execute("BEGIN IMMEDIATE")
 
-    @staticmethod
-    def _time(value: datetime) -> str:
+    def _time(self, value: datetime) -> str:
+        # A checkpoint stamps one time on the run and all its events: convert it once.
+        last = self._last_time
+        if last[0] is value:
+            return last[1]
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: sagaledger stores UTC-aware times only")
-        if value.tzinfo is not UTC:
-            value = value.astimezone(UTC)
+        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
         # SQLAlchemy's SQLite DATETIME format, microseconds always written, so
         # that times compare correctly as text whichever path wrote them.
-        text = value.replace(tzinfo=None).isoformat(" ")
-        return text if value.microsecond else text + ".000000"
+        text = utc.replace(tzinfo=None).isoformat(" ")
+        text = text if utc.microsecond else text + ".000000"
+        self._last_time = (value, text)  # one assignment: safe across threads
+        return text
 
     @staticmethod
     def _json(value: Any) -> str:
