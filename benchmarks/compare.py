@@ -338,15 +338,15 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--latency-runs", type=int, default=200, help="timed W1/W2 runs, SQLite")
     parser.add_argument(
-        "--throughput-runs", type=int, default=1000, help="sagas in the W1 batch, SQLite"
+        "--throughput-runs", type=int, default=2000, help="sagas in the W1 batch, SQLite"
     )
     parser.add_argument(
-        "--server-latency-runs", type=int, default=100, help="timed W1/W2 runs, Postgres (+Redis)"
+        "--server-latency-runs", type=int, default=200, help="timed W1/W2 runs, Postgres (+Redis)"
     )
     parser.add_argument(
         "--server-throughput-runs",
         type=int,
-        default=500,
+        default=2000,
         help="sagas in the W1 batch, Postgres (+Redis)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="repeat everything; medians")
