@@ -512,16 +512,20 @@ def with_waiting(f: dict[str, Any], empty: Runtime, loaded: Runtime, listing: Li
     f["recover_empty_beside_waiting"], f["recover_waiting"] = paired(
         empty.recover, loaded.recover, repeat, 0
     )
-    explained = [explain(loaded.log, *s) for s in runs_statements(loaded.log, loaded.recover)]
-    f["plans"]["recover(), with the waiting runs"] = [
-        line for plan in explained for line in ["", *plan]
-    ][1:]
+    f["plans"]["recover(), with the waiting runs"] = recovery_plans(loaded)
     if loaded.log.engine.dialect.name == "sqlite":
         settle(loaded.log.engine, analyze=True)
         f["recover_empty_beside_analyzed"], f["recover_waiting_analyzed"] = paired(
             empty.recover, loaded.recover, repeat, 0
         )
+        f["plans"]["recover(), with the waiting runs, after ANALYZE"] = recovery_plans(loaded)
         listing.measure(repeat, "after ANALYZE", f)
+
+
+def recovery_plans(rt: Runtime) -> list[str]:
+    """The plans of the recovery pass's statements on the runs table, one after the other."""
+    plans = [explain(rt.log, *s) for s in runs_statements(rt.log, rt.recover)]
+    return [line for plan in plans for line in ["", *plan]][1:]
 
 
 def bench(
