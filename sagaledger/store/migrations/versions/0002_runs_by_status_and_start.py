@@ -5,7 +5,7 @@ through the start-time index, reading every run started in the period, or
 through the status index, reading every run ever finished in that status.
 
 On PostgreSQL the index is built in the migration's transaction, which holds
-writes to ``sagaledger_runs`` until it is built (about 3 s per million runs).
+writes to ``sagaledger_runs`` until it is built (a few seconds per million runs).
 
 Revision ID: 0002
 Revises: 0001
