@@ -221,7 +221,7 @@ class SagaLog:
         return and_(
             runs.c.wake_at.is_not(None),
             runs.c.wake_at <= now,
-            runs.c.status.in_(ACTIVE_STATUSES),
+            _unindexed(runs.c.status).in_(ACTIVE_STATUSES),
             or_(runs.c.dispatched_at.is_(None), runs.c.dispatched_at <= now - dispatch_grace),
         )
 
@@ -371,12 +371,28 @@ _DUE_COLUMNS = (
 
 
 def _of(definitions: Collection[Definition]) -> Any:
+    """Runs of these definitions (a recovery-scan condition: see ``_unindexed``)."""
     return or_(
         *(
-            and_(runs.c.saga_name == n, runs.c.saga_version == v, runs.c.fingerprint == f)
+            and_(
+                _unindexed(runs.c.saga_name) == n,
+                runs.c.saga_version == v,
+                runs.c.fingerprint == f,
+            )
             for n, v, f in definitions
         )
     )
+
+
+def _unindexed(column: Any) -> Any:
+    """``column`` in a form no index can serve (``column || ''``).
+
+    The recovery scan must read the due runs through the wake-up index. SQLite
+    has no statistics unless ANALYZE has run, and would otherwise pick an index
+    on status or saga name and read every unfinished run (80 ms a pass at
+    100,000 waiting runs, instead of 3).
+    """
+    return column.concat("")
 
 
 def _event_rows(

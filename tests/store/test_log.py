@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
 from sagaledger import SchemaNotReadyError, StoreError
@@ -238,3 +238,45 @@ def test_an_analyzed_sqlite_log_keeps_statistics_for_the_status_start_index(
     engine.dispose()
     assert "ix_sagaledger_runs_status_created_at" in indexes
     assert "ix_sagaledger_runs_wake_at" in indexes
+
+
+def test_the_recovery_scan_reads_the_wake_up_index_even_without_statistics(
+    sqlite_url: str,
+) -> None:
+    # Many unfinished runs waiting far ahead, a log never analyzed: the scan must
+    # still go through the wake-up index, not read every run of a status or saga.
+    log = SagaLog.open(sqlite_url)
+    later = NOW + timedelta(days=3)
+    with log.engine.begin() as conn:
+        conn.execute(
+            text(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)"
+                " INSERT INTO sagaledger_runs (id, saga_name, saga_version, fingerprint,"
+                " business_key, status, step_index, step, attempt, input, lease_token,"
+                " wake_at, dispatched_at, last_seq, created_at, updated_at)"
+                " SELECT 'w' || i, 's', 1, 'f', 'k' || i, 'running', 0, 'a', 1, '{}', 0,"
+                " :later, :later, 1, :now, :now FROM n"
+            ),
+            {"later": later.replace(tzinfo=None), "now": NOW.replace(tzinfo=None)},
+        )
+    sent: list[tuple[str, object]] = []
+
+    def catch(conn: object, cursor: object, statement: str, params: object, *_: object) -> None:
+        if "wake_at" in statement:
+            sent.append((statement, params))
+
+    event.listen(log.engine, "before_cursor_execute", catch)
+    try:
+        assert log.claim_due(NOW, timedelta(seconds=10), [("s", 1, "f")]) == []
+        assert log.unserved_due(NOW, timedelta(seconds=10), []) == []
+    finally:
+        event.remove(log.engine, "before_cursor_execute", catch)
+    assert len(sent) == 2
+    with log.engine.connect() as conn:
+        for statement, params in sent:
+            plan = " | ".join(
+                row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
+            )
+            assert "ix_sagaledger_runs_wake_at" in plan, plan
+            assert "status" not in plan.replace("ix_sagaledger_runs_wake_at", ""), plan
+    log.close()
