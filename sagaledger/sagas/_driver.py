@@ -338,10 +338,20 @@ class RunDriver:
         return self._wait([deferred], wait, **changes)
 
     def _wait(self, events: list[NewEvent], wait: timedelta, **changes: Any) -> bool:
-        """Give the lease up until ``wait`` has passed, and send the message for then."""
+        """Give the lease up until ``wait`` has passed; a short wait also sends the message.
+
+        A delayed message is held by the broker (in the worker's memory, for
+        Dramatiq's delays) until it is due: a long wait sends none, and the
+        recovery pass takes the run when its time comes.
+        """
         until = self.o.clock() + wait
+        message = wait <= self.o.max_message_delay
         # dispatched_at: the delayed message is due then; recovery steps in only if lost.
-        if self._commit(events, lease_owner=None, wake_at=until, dispatched_at=until, **changes):
+        dispatched_at = until if message else None
+        written = self._commit(
+            events, lease_owner=None, wake_at=until, dispatched_at=dispatched_at, **changes
+        )
+        if written and message:
             self.o.dispatch(Dispatch(self.run_id, self.saga.name, self.saga.version, wait))
         return False
 

@@ -84,6 +84,10 @@ class Orchestrator:
         sleep: How to wait for a rate limit's next slot (inject one in tests).
         max_inline_wait: A step whose rate limit frees up within this long waits
             in its thread; a longer wait is recorded and the thread moves on.
+        max_message_delay: A run waiting up to this long (a retry back-off, a
+            rate limit) is woken by a delayed broker message; a longer wait holds
+            no message anywhere, and the recovery pass wakes the run (up to a
+            recovery interval late).
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class Orchestrator:
         rate_limiter: RateLimiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_inline_wait: timedelta = timedelta(seconds=1),
+        max_message_delay: timedelta = timedelta(seconds=30),
     ):
         self.log = log
         self.registry = registry
@@ -116,6 +121,7 @@ class Orchestrator:
         self.rate_limiter: RateLimiter = rate_limiter or MemoryRateLimiter()
         self.sleep = sleep
         self.max_inline_wait = max_inline_wait
+        self.max_message_delay = max_message_delay
         self.leases = LeaseKeeper(log, lease, clock)
         self.host_key = host_key()
         self._dispatcher: Dispatcher | None = None

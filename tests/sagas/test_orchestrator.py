@@ -127,6 +127,7 @@ def test_transient_failures_retry_after_a_durable_back_off(store_url: str, ledge
     assert stored.status is RunStatus.RUNNING
     assert stored.lease_owner is None
     assert stored.wake_at is not None and stored.wake_at > clock()
+    assert stored.dispatched_at == stored.wake_at  # a short wait: its message is on its way
     failed = [e for e in first.events(run.id) if e.type is EventType.STEP_FAILED]
     assert failed[-1].payload["outcome"] == "retry"
     first.close()
@@ -270,7 +271,10 @@ def test_retry_after_from_the_remote_side_overrides_the_back_off(
     )
     h = SagaHarness([saga], store_url=store_url)
     run = h.run(saga, order(ledger))
-    assert h.log.get_run(run.id).wake_at == h.clock() + timedelta(minutes=7)
+    waiting = h.log.get_run(run.id)
+    assert waiting.wake_at == h.clock() + timedelta(minutes=7)
+    # A long wait holds no broker message: the recovery pass wakes the run.
+    assert waiting.dispatched_at is None
     h.advance(timedelta(minutes=6, seconds=59))
     h.run_until_idle()
     assert attempts == [1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -19,9 +20,12 @@ class Charge(BaseModel):
 
 
 def charging_saga(limit: RateLimit, calls: list[int]) -> Saga:
+    runs_calls: Counter[str] = Counter()  # per run: which runs are driven first does not matter
+
     def charge(ctx: Any) -> dict[str, int]:
         calls.append(ctx.attempt)
-        if len(calls) <= ctx.input.throttled_calls:
+        runs_calls[ctx.run_id] += 1
+        if runs_calls[ctx.run_id] <= ctx.input.throttled_calls:
             raise RateLimitedError("429 Too Many Requests", retry_after=timedelta(minutes=2))
         return {"charged": ctx.input.amount}
 
