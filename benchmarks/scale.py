@@ -7,8 +7,11 @@ PostgreSQL and SQLite, this prints:
   turn with the same calls on an empty log, then with 100,000 runs waiting on a
   back-off;
 - the memory (RSS) of a worker process running its recovery pass every half
-  second, before and after 100,000 waiting runs are inserted, then after their
-  delayed messages are sent, on the in-memory broker (and on Redis, beside Postgres);
+  second, before and after 100,000 runs waiting a day are inserted (as the
+  driver leaves them: a wait that long has no broker message), then, as a peer,
+  after a delayed message is sent for each (what 100,000 waits shorter than
+  ``max_message_delay`` would hold), on the in-memory broker (and on Redis,
+  beside Postgres);
 - ``SagaLog.list_runs`` listing one day's compensated runs, beside the same call at
   schema 0001 (before the index on status and start time) and with no index on
   start time, and its plans.
@@ -191,8 +194,8 @@ def waiting_runs(n: int, now: datetime) -> Iterator[list[dict[str, Any]]]:
     """``n`` runs of :data:`SAGA` waiting out a back-off, in batches of 10,000.
 
     Each failed its second step once and waits a day for the retry, holding no
-    lease; ``dispatched_at`` is the wake-up time, as the driver leaves it when it
-    sends the delayed message.
+    lease and no message (``dispatched_at`` unset), as the driver leaves a wait
+    longer than ``max_message_delay``: the recovery pass will wake it.
     """
     for first in range(0, n, 10_000):
         batch = []
@@ -213,7 +216,7 @@ def waiting_runs(n: int, now: datetime) -> Iterator[list[dict[str, Any]]]:
                     "lease_owner": None,
                     "lease_token": 2,
                     "wake_at": wake_at,
-                    "dispatched_at": wake_at,
+                    "dispatched_at": None,
                     "last_seq": 5,
                     "blocked_reason": None,
                     "last_error": {"type": "Timeout", "message": "timed out", "retryable": True},
@@ -416,8 +419,8 @@ def serve(store: str, broker_url: str) -> None:
     """The worker process of the memory figure, built as ``sagaledger worker`` builds one.
 
     It answers each command on stdin with one JSON line: ``passes K`` waits for K
-    more recovery passes, then reports memory; ``dispatch N`` sends the delayed
-    messages of the N waiting runs, as the driver does when it puts a run to wait.
+    more recovery passes, then reports memory; ``dispatch N`` sends a delayed
+    message for each of the N waiting runs, as the driver does for a short wait.
     """
     log = open_store(store)
     broker = build_broker(broker_url)
@@ -620,7 +623,7 @@ ROWS = [  # (key, label); rows a backend lacks are left out
 MEMORY_ROWS = [
     ("before", "{runs:,} finished runs"),
     ("rows", "+ {waiting:,} waiting runs inserted"),
-    ("messages", "+ their {waiting:,} delayed messages sent"),
+    ("messages", "  peer: + a delayed message for each (short waits)"),
 ]
 
 
