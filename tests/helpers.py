@@ -3,9 +3,36 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
+from typing import Any
 
 from sagaledger import SagaLog
 from sagaledger.store import RunRecord
+
+
+def run_row(run_id: str, wake_at: datetime | None, **changes: Any) -> dict[str, Any]:
+    """A run as ``SagaLog.create_run`` takes it: saga "s" v1 (fingerprint "f"),
+    running, on its first step "a", no lease; ``changes`` override any column.
+    """
+    return {
+        "id": run_id,
+        "saga_name": "s",
+        "saga_version": 1,
+        "fingerprint": "f",
+        "business_key": run_id,
+        "status": "running",
+        "step_index": 0,
+        "step": "a",
+        "attempt": 1,
+        "input": {},
+        "lease_owner": None,
+        "lease_token": 0,
+        "wake_at": wake_at,
+        "dispatched_at": None,
+        "blocked_reason": None,
+        "last_error": None,
+        **changes,
+    }
 
 
 def wait_finished(log: SagaLog, run_ids: list[str], timeout: float = 60) -> list[RunRecord]:

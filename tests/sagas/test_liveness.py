@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sagaledger import Orchestrator, Registry, SagaLog
 from sagaledger.sagas._liveness import host_key, is_running
 from sagaledger.store import EventType, NewEvent
+from tests.helpers import run_row
 from tests.ledger_app import order_saga
 
 NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
@@ -40,24 +41,8 @@ def test_the_host_key_is_shared_by_the_processes_of_one_host() -> None:
 
 
 def leased_run(log: SagaLog, run_id: str, owner: str) -> None:
-    row = {
-        "id": run_id,
-        "saga_name": order_saga.name,
-        "saga_version": order_saga.version,
-        "fingerprint": order_saga.fingerprint,
-        "business_key": run_id,
-        "status": "running",
-        "step_index": 0,
-        "step": "a",
-        "attempt": 1,
-        "input": {},
-        "lease_owner": None,
-        "lease_token": 0,
-        "wake_at": NOW,
-        "dispatched_at": None,
-        "blocked_reason": None,
-        "last_error": None,
-    }
+    saga = {"saga_name": order_saga.name, "fingerprint": order_saga.fingerprint}
+    row = run_row(run_id, NOW, saga_version=order_saga.version, **saga)
     log.create_run(row, [NewEvent(EventType.RUN_STARTED, "test")], NOW)
     assert log.append(run_id, 0, [], NOW, new_token=1, lease_owner=owner, wake_at=NOW + LEASE)
 

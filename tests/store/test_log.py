@@ -15,29 +15,13 @@ from sagaledger import SchemaNotReadyError, StoreError
 from sagaledger.store import EventType, NewEvent, SagaLog, create_store_engine, upgrade
 from sagaledger.store._migrate import VERSION_TABLE
 from sagaledger.store._schema import metadata
+from tests.helpers import run_row
 
 NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
 
 
 def new_run(log: SagaLog, run_id: str = "r1", key: str = "k1") -> None:
-    row = {
-        "id": run_id,
-        "saga_name": "s",
-        "saga_version": 1,
-        "fingerprint": "f",
-        "business_key": key,
-        "status": "running",
-        "step_index": 0,
-        "step": "a",
-        "attempt": 1,
-        "input": {"a": 1},
-        "lease_owner": None,
-        "lease_token": 0,
-        "wake_at": NOW,
-        "dispatched_at": None,
-        "blocked_reason": None,
-        "last_error": None,
-    }
+    row = run_row(run_id, NOW, business_key=key, input={"a": 1})
     log.create_run(row, [NewEvent(EventType.RUN_STARTED, "test", payload={"a": 1})], NOW)
 
 
@@ -189,24 +173,8 @@ def test_runs_are_listed_by_status_within_a_period_newest_first(saga_log: SagaLo
     day = timedelta(days=1)
     for i in range(72):
         started = NOW - 2 * day + timedelta(hours=i)
-        row = {
-            "id": f"r{i:02d}",
-            "saga_name": "s",
-            "saga_version": 1,
-            "fingerprint": "f",
-            "business_key": f"k{i}",
-            "status": "compensated" if i % 3 == 0 else "completed",
-            "step_index": 0,
-            "step": "a",
-            "attempt": 1,
-            "input": {},
-            "lease_owner": None,
-            "lease_token": 0,
-            "wake_at": None,
-            "dispatched_at": None,
-            "blocked_reason": None,
-            "last_error": None,
-        }
+        status = "compensated" if i % 3 == 0 else "completed"
+        row = run_row(f"r{i:02d}", None, business_key=f"k{i}", status=status)
         saga_log.create_run(row, [NewEvent(EventType.RUN_STARTED, "test")], started)
 
     # When the middle day's compensations are listed

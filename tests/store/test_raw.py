@@ -10,33 +10,21 @@ from sqlalchemy.exc import OperationalError
 
 from sagaledger.store import EventType, NewEvent, SagaLog, create_store_engine
 from sagaledger.store._schema import events, runs
+from tests.helpers import run_row
 
 WHOLE_SECOND = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)  # no microseconds: a format edge
 ELSEWHERE = datetime(2031, 5, 6, 9, 8, 9, 250, tzinfo=timezone(timedelta(hours=2)))
 
 
-def row(run_id: str) -> dict[str, object]:
-    return {
-        "id": run_id,
-        "saga_name": "s",
-        "saga_version": 1,
-        "fingerprint": "f",
-        "business_key": run_id,
-        "status": "running",
-        "step_index": 0,
-        "step": "a",
-        "attempt": 1,
-        "input": {"amount": 12.5, "note": "é"},
-        "lease_owner": None,
-        "lease_token": 0,
-        "wake_at": WHOLE_SECOND,
-        "dispatched_at": ELSEWHERE,
-        "last_seq": 1,
-        "blocked_reason": None,
-        "last_error": None,
-        "created_at": WHOLE_SECOND,
-        "updated_at": ELSEWHERE,
-    }
+def new_run(run_id: str) -> dict[str, object]:
+    """A run as ``create_run`` takes it."""
+    payload = {"amount": 12.5, "note": "é"}
+    return run_row(run_id, WHOLE_SECOND, input=payload, dispatched_at=ELSEWHERE)
+
+
+def stored_run(run_id: str) -> dict[str, object]:
+    """The same run as the table holds it once created and appended to (below)."""
+    return {**new_run(run_id), "last_seq": 1, "created_at": WHOLE_SECOND, "updated_at": ELSEWHERE}
 
 
 #: Columns that name the run (or the row) and so differ between the two copies.
@@ -57,12 +45,11 @@ def stored(log: SagaLog, run_id: str) -> tuple[tuple[object, ...], list[tuple[ob
 
 def test_rows_written_on_the_dbapi_connection_match_sqlalchemys(saga_log: SagaLog) -> None:
     started = NewEvent(EventType.RUN_STARTED, "test", payload={"x": [1, None]})
-    fast = {k: v for k, v in row("fast").items() if k not in ("last_seq", "created_at")}
-    fast.pop("updated_at")
+    fast = new_run("fast")
     saga_log.create_run(fast, [started], WHOLE_SECOND)
     assert saga_log.append("fast", 0, [], ELSEWHERE, dispatched_at=ELSEWHERE)
     with saga_log.engine.begin() as conn:  # the same run, through SQLAlchemy's types
-        conn.execute(insert(runs), row("slow"))
+        conn.execute(insert(runs), stored_run("slow"))
         conn.execute(
             insert(events),
             {
@@ -91,9 +78,7 @@ def test_a_connection_the_server_dropped_fails_one_write_and_is_not_reused(
 ) -> None:
     log = SagaLog.open(postgres_url, upgrade=True, pool_size=1, max_overflow=0)
     try:
-        fast = {k: v for k, v in row("r").items() if k not in ("last_seq", "created_at")}
-        fast.pop("updated_at")
-        log.create_run(fast, [NewEvent(EventType.RUN_STARTED, "test")], WHOLE_SECOND)
+        log.create_run(new_run("r"), [NewEvent(EventType.RUN_STARTED, "test")], WHOLE_SECOND)
         killer = create_store_engine(postgres_url)  # outside the log's one-connection pool
         with killer.begin() as conn:
             conn.execute(
