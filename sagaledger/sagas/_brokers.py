@@ -88,6 +88,7 @@ def build_broker(url: str | None) -> dramatiq.Broker:
     # Dramatiq leaves this constructor unannotated.
     return RedisBroker(  # type: ignore[no-untyped-call]
         client=client,
+        middleware=[],
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
     )

@@ -93,13 +93,17 @@ def test_a_run_whose_message_is_lost_is_recovered_from_the_log(
         assert worker.wait(run.id).status is RunStatus.COMPLETED
 
 
+@pytest.mark.parametrize("broker_url", [None, "redis"])
 def test_our_brokers_carry_no_default_middleware_and_a_users_broker_is_tamed(
-    orchestrator: Orchestrator,
+    orchestrator: Orchestrator, broker_url: str | None, request: pytest.FixtureRequest
 ) -> None:
-    # Ours: no retries from messages, no 10-minute time limit, no unused hooks.
-    lean = build_broker(None)
+    # Ours, in memory and on Redis: no retries from messages, no 10-minute time
+    # limit, no unused hooks.
+    url = request.getfixturevalue("redis_url") if broker_url == "redis" else None
+    lean = build_broker(url)
     assert lean.middleware == []
     assert declare_actors(lean, orchestrator).options == {}
+    lean.close()
     # A broker of the user's own, with Dramatiq's defaults: retries and time limit off.
     theirs = StubBroker()
     options = declare_actors(theirs, orchestrator).options
