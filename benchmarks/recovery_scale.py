@@ -552,8 +552,13 @@ def report(name: str, version: str, f: dict[str, Any], due: int, n: int) -> None
         f"  full scan / index (p50): nothing due {f['peer_over_claim_idle']:.0f}x, "
         f"{due} due {f['peer_over_claim_due']:.0f}x"
     )
-    for title, lines in f["plans"].items():
-        print(f"  plan of claim_due's UPDATE, {title}:")
+    print_plans(f["plans"], "claim_due's UPDATE, ")
+
+
+def print_plans(plans: dict[str, list[str]], prefix: str = "") -> None:
+    """Each plan under its title, long lines cut at :data:`PLAN_WIDTH`."""
+    for title, lines in plans.items():
+        print(f"  plan of {prefix}{title}:")
         for line in lines:
             cut = line if len(line) <= PLAN_WIDTH else line[: PLAN_WIDTH - 3] + "..."
             print(f"    {cut}")

@@ -50,12 +50,12 @@ import redis
 from pydantic import BaseModel
 from recovery_scale import (
     HISTORY,
-    PLAN_WIDTH,
     checkpoint,
     explain,
     load_postgres,
     load_sqlite,
     pct,
+    print_plans,
     sizes_mb,
     timed,
 )
@@ -681,11 +681,7 @@ def report(name: str, version: str, f: dict[str, Any], n: int, waiting: int) -> 
             for m in f["memory"].values()
         )
         print(f"    {label.format(**names):<{width}}{cells}")
-    for title, lines in f["plans"].items():
-        print(f"  plan of {title}:")
-        for line in lines:
-            cut = line if len(line) <= PLAN_WIDTH else line[: PLAN_WIDTH - 3] + "..."
-            print(f"    {cut}")
+    print_plans(f["plans"])
 
 
 def main() -> None:

@@ -63,10 +63,12 @@ class SagaLog:
         if upgrade is None:
             upgrade = engine.dialect.name == "sqlite"
         try:
+            current = _migrate.current_revision(engine)
             # Alembic costs a fifth of a second to load: only when there is work for it.
-            if upgrade and _migrate.current_revision(engine) != _migrate.SCHEMA_REVISION:
+            if upgrade and current != _migrate.SCHEMA_REVISION:
                 _migrate.upgrade(engine)
-            log.check_schema()
+                current = _migrate.current_revision(engine)
+            log._require_schema(current)
         except OperationalError as exc:
             engine.dispose()
             raise StoreError(f"cannot use store {engine.url!r}: {exc.orig}") from None
@@ -77,7 +79,10 @@ class SagaLog:
 
     def check_schema(self) -> None:
         """Raise :class:`SchemaNotReadyError` unless the schema is at the newest migration."""
-        current, head = _migrate.current_revision(self.engine), _migrate.SCHEMA_REVISION
+        self._require_schema(_migrate.current_revision(self.engine))
+
+    def _require_schema(self, current: str | None) -> None:
+        head = _migrate.SCHEMA_REVISION
         if current != head:
             raise SchemaNotReadyError(
                 f"store {self.engine.url!r} is at schema {current or 'none'}, this code needs "

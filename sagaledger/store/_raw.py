@@ -45,7 +45,7 @@ class RawStatements:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._updates: dict[Any, str] = {}  # statements built once per shape
+        self._statements: dict[Any, str] = {}  # see _statement
 
     @classmethod
     def for_engine(cls, engine: Engine) -> RawStatements:
@@ -77,6 +77,13 @@ class RawStatements:
             cursor.execute(self._select_run, {"id": run_id})
             row = cursor.fetchone()
         return None if row is None else self._run(row)
+
+    def _statement(self, shape: Any, build: Callable[[], str]) -> str:
+        """The statement for ``shape`` (a set of columns, a number of events), built once."""
+        statement = self._statements.get(shape)
+        if statement is None:
+            statement = self._statements[shape] = build()
+        return statement
 
     # -- connections ------------------------------------------------------------
 
@@ -203,7 +210,8 @@ class _SQLiteStatements(RawStatements):
     def append(
         self, run_id: str, token: int, values: dict[str, Any], event_rows: Sequence[dict[str, Any]]
     ) -> bool:
-        statement = self._fenced_update(frozenset(values))
+        columns = frozenset(values)
+        statement = self._statement(columns, lambda: _fenced_update(columns, ":{}"))
         params = self._encode(runs, values)
         params.update(_run=run_id, _token=token, _added=len(event_rows))
         encoded = [self._encode(events, e) for e in event_rows]
@@ -221,12 +229,6 @@ class _SQLiteStatements(RawStatements):
             return True
 
         return self._group.write(write)
-
-    def _fenced_update(self, columns: frozenset[str]) -> str:
-        statement = self._updates.get(columns)
-        if statement is None:
-            statement = self._updates[columns] = _fenced_update(columns, ":{}")
-        return statement
 
     def _begin(self, connection: Any, cursor: Any, write: bool) -> None:
         # Writers take the write lock up front; a read is one statement in
@@ -306,12 +308,6 @@ class _PostgresStatements(RawStatements):
         with self._cursor(write=True) as cursor:
             cursor.execute(statement, params)
             return cursor.fetchone() is not None
-
-    def _statement(self, shape: Any, build: Callable[[], str]) -> str:
-        statement = self._updates.get(shape)
-        if statement is None:
-            statement = self._updates[shape] = build()
-        return statement
 
     def _add_events(self, params: dict[str, Any], event_rows: Sequence[dict[str, Any]]) -> None:
         params["_added"] = len(event_rows)
