@@ -54,7 +54,9 @@ def build_broker(url: str | None) -> dramatiq.Broker:
     Args:
         url: ``None`` or ``"memory"`` for an in-process broker (messages die with
             the process; the log re-drives them), ``redis://``, ``rediss://`` or
-            ``unix://`` for Redis, shared by every worker on any machine.
+            ``unix://`` for Redis, shared by every worker on any machine; its idle
+            consumers wake when a message is enqueued instead of polling (see
+            :mod:`sagaledger.sagas._redis_broker`).
 
     Returns:
         A broker with no actors declared yet.
@@ -69,7 +71,8 @@ def build_broker(url: str | None) -> dramatiq.Broker:
         raise BrokerError(f"unsupported broker URL {mask_url(url)!r}: use {BROKER_URLS}")
     # Imported here: redis costs a tenth of a second at start, wasted in embedded mode.
     import redis
-    from dramatiq.brokers.redis import RedisBroker
+
+    from sagaledger.sagas._redis_broker import WakingRedisBroker
 
     try:
         client = redis.Redis.from_url(
@@ -86,7 +89,7 @@ def build_broker(url: str | None) -> dramatiq.Broker:
         client.close()
         raise BrokerError(f"cannot reach broker {mask_url(url)}: {exc}") from None
     # Dramatiq leaves this constructor unannotated.
-    return RedisBroker(  # type: ignore[no-untyped-call]
+    return WakingRedisBroker(  # type: ignore[no-untyped-call]
         client=client,
         middleware=[],
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
