@@ -12,7 +12,8 @@
     ├── BrokerError              the broker URL is malformed or its server unreachable
     └── StepError                raised by step actions to steer the orchestrator
         ├── RetryableError       transient; retried with back-off (or after retry_after)
-        │   └── RateLimitedError the remote said 429: wait, without using up an attempt
+        │   ├── RateLimitedError the remote said 429: wait, without using up an attempt
+        │   └── OutcomeUnknownError  the request may have landed: probe before going on
         └── PermanentError       not worth retrying; compensation starts
 
 Exceptions cross Dramatiq and process boundaries, so each one pickles with its
@@ -121,6 +122,9 @@ class StepError(SagaLedgerError):
         non_retryable: True when retrying cannot help.
         retry_after: For retryable errors, how long to wait before the next attempt
             (overrides the step's back-off; a remote ``Retry-After`` goes here).
+        details: Plain JSON about the failure that the log keeps with the error
+            (a connector puts the system, operation, HTTP status and the remote
+            error code here). Never secrets.
     """
 
     def __init__(
@@ -129,17 +133,25 @@ class StepError(SagaLedgerError):
         *,
         non_retryable: bool = False,
         retry_after: timedelta | None = None,
+        details: dict[str, Any] | None = None,
     ):
         super().__init__(message)
         self.non_retryable = non_retryable
         self.retry_after = retry_after
+        self.details = details
 
 
 class RetryableError(StepError):
     """A transient failure: the step is retried with back-off."""
 
-    def __init__(self, message: str, *, retry_after: timedelta | None = None):
-        super().__init__(message, non_retryable=False, retry_after=retry_after)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: timedelta | None = None,
+        details: dict[str, Any] | None = None,
+    ):
+        super().__init__(message, non_retryable=False, retry_after=retry_after, details=details)
 
 
 class RateLimitedError(RetryableError):
@@ -153,8 +165,22 @@ class RateLimitedError(RetryableError):
     rate_limited = True
 
 
+class OutcomeUnknownError(RetryableError):
+    """The request was sent but no answer came back: its effect may or may not have landed.
+
+    A timeout after sending, or a connection dropped before the response. Before
+    the step is tried again, and before a run that gives up on it compensates,
+    the orchestrator asks the step's probe (see ``RetrySafety``) whether the
+    effect landed: so a charge whose response was lost is neither made twice
+    nor left out of the refunds.
+    """
+
+    #: Read by the orchestrator (duck-typed, so other libraries' errors can say it too).
+    outcome_unknown = True
+
+
 class PermanentError(StepError):
     """A failure that retrying cannot fix (a declined card, invalid data)."""
 
-    def __init__(self, message: str):
-        super().__init__(message, non_retryable=True)
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None):
+        super().__init__(message, non_retryable=True, details=details)

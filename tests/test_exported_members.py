@@ -17,6 +17,7 @@ EXPECTED = {
         "Hooks",
         "InputValidationError",
         "Orchestrator",
+        "OutcomeUnknownError",
         "PermanentError",
         "Phase",
         "RateLimitedError",

@@ -22,7 +22,7 @@ from sagaledger.sagas._context import CompensationContext, StepContext, idempote
 from sagaledger.sagas._definition import Saga, Step
 from sagaledger.sagas._dispatch import Dispatch
 from sagaledger.sagas._hooks import ActionCall
-from sagaledger.sagas._policy import RetryPolicy, RetrySafetyKind
+from sagaledger.sagas._policy import RetryPolicy
 from sagaledger.store import EventType, NewEvent, Phase, RunRecord, RunStatus
 
 if TYPE_CHECKING:
@@ -36,12 +36,27 @@ _json = TypeAdapter(Any)
 def describe_error(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
     """The JSON the log keeps about an exception."""
     tb = "".join(traceback.format_exception(exc, limit=-5))
-    return {
+    described = {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
         "message": str(exc),
         "retryable": retryable,
         "traceback": tb[-4000:],
     }
+    if may_have_landed(exc):
+        described["outcome_unknown"] = True
+    details = getattr(exc, "details", None)
+    if isinstance(details, dict):
+        described["details"] = details
+    return described
+
+
+def may_have_landed(exc: BaseException) -> bool:
+    """True when the failed attempt's effect may have happened anyway.
+
+    An :class:`~sagaledger.OutcomeUnknownError` (duck-typed) or an attempt whose
+    worker died before recording its outcome.
+    """
+    return getattr(exc, "outcome_unknown", False) is True or isinstance(exc, LostAttemptError)
 
 
 def is_non_retryable(exc: BaseException, policy: RetryPolicy) -> bool:
@@ -208,12 +223,39 @@ class RunDriver:
         """Run the forward action (or find, by probe, that it already landed)."""
         ctx = StepContext(**self._context_fields(call), outputs=dict(self.outputs))
         safety = step.retry_safety
-        if self.attempt > 1 and safety is not None and safety.kind is RetrySafetyKind.PROBE:
-            assert safety.probe_fn is not None
+        if self.attempt > 1 and safety is not None and safety.probe_fn is not None:
             landed = safety.probe_fn(ctx)
             if landed is not None:
                 return to_json(landed), True
         return to_json(step.action(ctx)), False
+
+    def _landed_anyway(self, step: Step) -> NewEvent | None:
+        """Giving up on a step whose last attempt may have landed: did it?
+
+        Returns:
+            The event that records the step as completed (its probe found the
+            effect), which puts it among the compensations; None if it did not land.
+
+        Raises:
+            _Unknowable: the step has no probe, or its probe failed.
+        """
+        safety = step.retry_safety
+        if safety is None or safety.probe_fn is None:
+            raise _Unknowable(
+                f"its outcome is unknown and it has no probe: check step {step.name!r} "
+                "in the remote system before resolving the run"
+            )
+        ctx = StepContext(**self._context_fields(self._call(step)), outputs=dict(self.outputs))
+        try:
+            found = safety.probe_fn(ctx)
+        except Exception as exc:
+            raise _Unknowable(f"its outcome is unknown and its probe failed: {exc}") from exc
+        if found is None:
+            return None
+        output = to_json(found)
+        self.outputs[step.name] = output
+        payload = {"output": output, "duration_ms": 0.0, "via_probe": True}
+        return self._event(EventType.STEP_COMPLETED, step, payload)
 
     def _compensate(self, step: Step, call: ActionCall) -> Any:
         """Run the compensation with the output its forward step recorded."""
@@ -275,6 +317,14 @@ class RunDriver:
         summary = f"step {step.name!r} {why}: {error['message']}"
         if phase is Phase.COMPENSATE:
             return self._park([failure("park")], f"compensation of {summary}", error)
+        events = [failure("compensate")]  # before the turn, which changes self.phase
+        if may_have_landed(exc) and step.compensable:
+            try:
+                landed = self._landed_anyway(step)
+            except _Unknowable as why:
+                return self._park([failure("park")], f"{summary}; {why}", error)
+            if landed is not None:
+                events.append(landed)
         pivot = completed_pivot(self.saga, list(self.outputs))
         if pivot is not None:
             reason = (
@@ -282,10 +332,9 @@ class RunDriver:
             )
             return self._park([failure("park")], reason, error)
         self.reason = summary
-        failed = failure("compensate")  # before the turn, which changes self.phase
         turned = NewEvent(EventType.COMPENSATION_STARTED, self.o.actor, payload={"reason": summary})
         self.status = RunStatus.COMPENSATING
-        return self._unwind([failed, turned], last_error=error)
+        return self._unwind([*events, turned], last_error=error)
 
     def _unwind(self, events: list[NewEvent], **changes: Any) -> bool:
         """Go on with the next compensation the log calls for, or finish the run."""
@@ -368,6 +417,10 @@ class RunDriver:
             return False
         self.o.hooks.after_checkpoint(self.run_id, events)
         return True
+
+
+class _Unknowable(Exception):
+    """Nobody can tell whether a step's effect landed: the run must wait for a person."""
 
 
 class LostAttemptError(Exception):

@@ -75,6 +75,15 @@ class RetrySafety:
       the remote system whether the effect already landed; it returns the step's
       output if so (the step is then recorded as done without running again), or
       ``None``.
+    - ``RetrySafety.IDEMPOTENCY_KEY.with_probe(fn)``: a key, and a probe asked
+      before every retry too. It covers what the key cannot: a provider that
+      forgets keys after a day, or a retry that comes after the key expired.
+
+    Whatever the kind, a step with a probe is also probed when the run gives up
+    on it after an :class:`~sagaledger.OutcomeUnknownError` (or a crash
+    mid-attempt): if the effect landed, the step counts as completed and is
+    compensated with the others. A compensable step without a probe whose
+    outcome is unknown parks the run instead, for a person to check.
     """
 
     kind: RetrySafetyKind
@@ -89,6 +98,12 @@ class RetrySafety:
         if not callable(fn):
             raise TypeError("RetrySafety.probe needs a callable")
         return RetrySafety(RetrySafetyKind.PROBE, fn)
+
+    def with_probe(self, fn: Callable[[StepContext[Any]], Any]) -> RetrySafety:
+        """This safety, plus a probe that tells whether a previous attempt's effect landed."""
+        if not callable(fn):
+            raise TypeError("RetrySafety.with_probe needs a callable")
+        return RetrySafety(self.kind, fn)
 
 
 RetrySafety.IDEMPOTENCY_KEY = RetrySafety(RetrySafetyKind.IDEMPOTENCY_KEY)
