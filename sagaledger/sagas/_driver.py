@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter
 
+from sagaledger._errors import OutcomeUnknownError
 from sagaledger.compensation._plan import completed_pivot, next_compensation
 from sagaledger.sagas._context import CompensationContext, StepContext, idempotency_key
 from sagaledger.sagas._definition import Saga, Step
@@ -224,7 +225,12 @@ class RunDriver:
         ctx = StepContext(**self._context_fields(call), outputs=dict(self.outputs))
         safety = step.retry_safety
         if self.attempt > 1 and safety is not None and safety.probe_fn is not None:
-            landed = safety.probe_fn(ctx)
+            try:
+                landed = safety.probe_fn(ctx)
+            except Exception as exc:
+                # Whether an earlier attempt landed is still unknown: say so, so that
+                # giving up on the step asks again rather than assuming it did not.
+                raise OutcomeUnknownError(f"probe of step {step.name!r} failed: {exc}") from exc
             if landed is not None:
                 return to_json(landed), True
         return to_json(step.action(ctx)), False

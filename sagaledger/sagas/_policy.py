@@ -82,8 +82,12 @@ class RetrySafety:
     Whatever the kind, a step with a probe is also probed when the run gives up
     on it after an :class:`~sagaledger.OutcomeUnknownError` (or a crash
     mid-attempt): if the effect landed, the step counts as completed and is
-    compensated with the others. A compensable step without a probe whose
-    outcome is unknown parks the run instead, for a person to check.
+    compensated with the others. Earlier attempts need no such check: the probe
+    before each retry, or the key's replay of a landed request, already
+    answered for them. A compensable step without a probe whose last outcome is
+    unknown parks the run instead, for a person to check; so does a probe that
+    fails when the run gives up (a failing probe before a retry counts as an
+    unknown outcome of that attempt).
     """
 
     kind: RetrySafetyKind
