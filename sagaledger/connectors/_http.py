@@ -157,7 +157,7 @@ class HttpConnector:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_NotSent),
             stop=tenacity.stop_after_attempt(self._connect_attempts),
-            wait=tenacity.wait_exponential_jitter(initial=0.05, max=0.5),
+            wait=tenacity.wait_random_exponential(multiplier=0.05, max=0.5),
             reraise=True,
         )
         try:

@@ -89,8 +89,12 @@ class HttpSimulator(ABC):
         return f"http://{host!s}:{port}"
 
     def start(self) -> Self:
+        # A short poll interval: stop() waits for the serving loop to notice.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"{self.system}-simulator", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.system}-simulator",
+            daemon=True,
         )
         self._thread.start()
         return self
