@@ -1,5 +1,6 @@
 """Connectors to the systems steps act on, and the limits that protect them."""
 
+from sagaledger.connectors._http import HttpConnector
 from sagaledger.connectors._ratelimit import (
     MemoryRateLimiter,
     RateLimit,
@@ -7,4 +8,4 @@ from sagaledger.connectors._ratelimit import (
     RedisRateLimiter,
 )
 
-__all__ = ["MemoryRateLimiter", "RateLimit", "RateLimiter", "RedisRateLimiter"]
+__all__ = ["HttpConnector", "MemoryRateLimiter", "RateLimit", "RateLimiter", "RedisRateLimiter"]
