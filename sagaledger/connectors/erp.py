@@ -1,0 +1,474 @@
+"""A NetSuite-style ERP connector: the REST record API, signed with token-based authentication.
+
+Every write is an upsert by ``externalId`` (``PUT .../salesOrder/eid:{externalId}``),
+the mechanism NetSuite integrations rely on to avoid duplicates: the external id
+is derived from the step's idempotency key, so a retried step updates the record
+its first attempt created instead of creating a second one. A SuiteQL query by
+external id is the probe that tells whether an attempt whose response was lost
+landed.
+
+How calls end, and what the orchestrator is told (see ``_http`` for the rest):
+
+=========================================  ======================
+NetSuite answers                           raised
+=========================================  ======================
+429 (concurrency limit of the account)     ``RateLimitedError``
+400 ``SSS_REQUEST_LIMIT_EXCEEDED``         ``RateLimitedError``
+401 ``INVALID_LOGIN``                      ``PermanentError``
+other 4xx (invalid field, refused)         ``PermanentError``
+5xx                                        ``RetryableError``
+=========================================  ======================
+
+Closing and cancelling a sales order, and voiding an invoice, are modelled as
+follows (the REST API has no single "cancel" or "void" call):
+
+- close: a PATCH that sets ``isClosed`` on every open line; NetSuite then shows
+  the order as Closed. This is the documented way through web services.
+- cancel: a PATCH of ``orderStatus`` to ``C`` (Cancelled), for an order not yet
+  fulfilled or billed. Accounts whose configuration refuses it can close instead.
+- void an invoice: the invoice is transformed into a credit memo for its full
+  amount (``POST .../invoice/{id}/!transform/creditMemo``), the accounting
+  reversal NetSuite offers to integrations; the memo's ``externalId`` makes it
+  happen once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from sagaledger._errors import PermanentError, RateLimitedError, StepError
+from sagaledger.connectors._http import (
+    CONNECT_ATTEMPTS,
+    DEFAULT_RETRY_AFTER,
+    DEFAULT_TIMEOUT,
+    HttpConnector,
+)
+from sagaledger.connectors._oauth1 import OAuth1Credentials, OAuth1Signer
+
+RECORD_API = "/services/rest/record/v1"
+SUITEQL_API = "/services/rest/query/v1/suiteql"
+#: The custom record type that holds inventory reservations.
+RESERVATION_RECORD = "customrecord_sl_reservation"
+#: Error codes NetSuite answers with a 400 when the account's concurrency limit
+#: is reached (RESTlets and the older endpoints); REST web services send a 429.
+CONCURRENCY_ERROR_CODES = frozenset({"SSS_REQUEST_LIMIT_EXCEEDED"})
+#: SuiteQL ``transaction.type`` of each transaction record this connector writes.
+TRANSACTION_TYPES = {"salesOrder": "SalesOrd", "invoice": "CustInvc", "creditMemo": "CustCred"}
+
+#: External ids kept as given: safe in a URL path and inside a SuiteQL string.
+_PLAIN_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,150}$")
+
+
+def external_id(idempotency_key: str, part: str | None = None) -> str:
+    """The ``externalId`` of the record a step writes, derived from its idempotency key.
+
+    The key itself when it is short and plain (what finance sees in NetSuite
+    then names the run and step); otherwise a digest of it, so the id stays
+    safe in a URL and in a query.
+
+    Args:
+        idempotency_key: ``ctx.idempotency_key`` of the step.
+        part: Tells apart several records written by one step (``line-2``).
+    """
+    value = idempotency_key if part is None else f"{idempotency_key}:{part}"
+    if _PLAIN_ID.match(value):
+        return value
+    return "sl-" + hashlib.sha256(value.encode()).hexdigest()[:40]
+
+
+def account_url(account: str) -> str:
+    """The REST host of an account: ``1234567_SB1`` -> ``https://1234567-sb1.suitetalk...``."""
+    return f"https://{account.lower().replace('_', '-')}.suitetalk.api.netsuite.com"
+
+
+# -- what goes in -------------------------------------------------------------------
+
+
+class OrderLine(BaseModel):
+    """One line of a sales order or an invoice."""
+
+    model_config = ConfigDict(frozen=True)
+
+    item: str
+    quantity: int = Field(ge=1)
+    rate: Decimal = Field(ge=0)
+
+    def body(self) -> dict[str, Any]:
+        return {"item": {"id": self.item}, "quantity": self.quantity, "rate": float(self.rate)}
+
+
+class NewSalesOrder(BaseModel):
+    """A sales order to create (or update, by external id)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    customer: str
+    lines: tuple[OrderLine, ...] = Field(min_length=1)
+    memo: str | None = None
+
+
+class NewInvoice(BaseModel):
+    """An invoice to create (or update, by external id)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    customer: str
+    lines: tuple[OrderLine, ...] = Field(min_length=1)
+    sales_order: str | None = None
+    memo: str | None = None
+
+
+# -- what comes out -----------------------------------------------------------------
+
+
+class RecordRef(BaseModel):
+    """A record NetSuite holds: its type, internal id and external id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record_type: str
+    id: str
+    external_id: str
+
+
+class SalesOrderLine(BaseModel):
+    """A line of a sales order as NetSuite returns it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    line: int
+    item: str
+    quantity: int
+    rate: Decimal
+    is_closed: bool
+
+
+class SalesOrder(BaseModel):
+    """A sales order as NetSuite returns it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    external_id: str | None
+    tran_id: str
+    status_id: str
+    status: str
+    total: Decimal
+    lines: tuple[SalesOrderLine, ...]
+
+
+class NetSuiteErp(HttpConnector):
+    """Sales orders, inventory reservations and invoices in a NetSuite account.
+
+    Args:
+        credentials: The integration's consumer and access token; ``realm`` is
+            the account id.
+        base_url: The REST host; the account's own by default (a simulator's
+            URL in tests).
+        client: An ``httpx.Client`` to share (see :class:`HttpConnector`).
+        timeout: Per-request timeouts when this connector makes its client.
+        connect_attempts: Tries per call while the request cannot be sent.
+        signer: Signs each request; one for ``credentials`` by default (inject
+            one with a fixed nonce or clock in tests).
+    """
+
+    def __init__(
+        self,
+        credentials: OAuth1Credentials,
+        *,
+        base_url: str | None = None,
+        client: httpx.Client | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        connect_attempts: int = CONNECT_ATTEMPTS,
+        signer: OAuth1Signer | None = None,
+    ):
+        super().__init__(
+            "netsuite",
+            base_url or account_url(credentials.realm),
+            client=client,
+            timeout=timeout,
+            secrets=credentials.secrets(),
+            connect_attempts=connect_attempts,
+        )
+        self._signer = signer or OAuth1Signer(credentials)
+
+    # -- sales orders -------------------------------------------------------------
+
+    def upsert_sales_order(self, external_id: str, order: NewSalesOrder) -> RecordRef:
+        """Create the sales order with this external id, or update the one that has it.
+
+        ``replace=item`` makes a repeated upsert replace the lines rather than
+        add them again, so retrying leaves one order with the same lines.
+        """
+        body: dict[str, Any] = {
+            "entity": {"id": order.customer},
+            "item": {"items": [line.body() for line in order.lines]},
+        }
+        if order.memo is not None:
+            body["memo"] = order.memo
+        return self._upsert("salesOrder", external_id, body, "upsert_sales_order")
+
+    def get_sales_order(self, order_id: str) -> SalesOrder:
+        """Read a sales order with its lines (``order_id``: internal id or ``eid:...``)."""
+        response = self._call(
+            "GET",
+            f"{RECORD_API}/salesOrder/{order_id}",
+            "get_sales_order",
+            params={"expandSubResources": "true"},
+        )
+        return _sales_order(response.json())
+
+    def cancel_sales_order(self, order_id: str) -> None:
+        """Cancel an order not yet fulfilled (``orderStatus`` -> ``C``); twice is a no-op."""
+        self._call(
+            "PATCH",
+            f"{RECORD_API}/salesOrder/{order_id}",
+            "cancel_sales_order",
+            json={"orderStatus": {"id": "C"}},
+        )
+
+    def close_sales_order(self, order_id: str) -> None:
+        """Close every open line of an order, which closes the order.
+
+        Reads the order first to learn its line numbers; closing a closed order
+        sends nothing more.
+        """
+        order = self.get_sales_order(order_id)
+        open_lines = [line.line for line in order.lines if not line.is_closed]
+        if not open_lines:
+            return
+        self._call(
+            "PATCH",
+            f"{RECORD_API}/salesOrder/{order.id}",
+            "close_sales_order",
+            json={"item": {"items": [{"line": n, "isClosed": True} for n in open_lines]}},
+        )
+
+    def find_sales_order(self, external_id: str) -> RecordRef | None:
+        """The sales order with this external id, or None (the probe of an upsert)."""
+        return self._find_transaction("salesOrder", external_id)
+
+    # -- inventory reservations ---------------------------------------------------
+
+    def reserve(
+        self, external_id: str, item: str, quantity: int, *, memo: str | None = None
+    ) -> RecordRef:
+        """Reserve ``quantity`` of ``item`` (upsert of a reservation record by external id).
+
+        Raises:
+            PermanentError: the item is unknown or has not that much stock.
+        """
+        body: dict[str, Any] = {
+            "custrecord_sl_item": {"id": item},
+            "custrecord_sl_quantity": quantity,
+        }
+        if memo is not None:
+            body["custrecord_sl_memo"] = memo
+        return self._upsert(RESERVATION_RECORD, external_id, body, "reserve")
+
+    def release(self, reservation_id: str) -> None:
+        """Give a reservation's stock back; releasing twice is a no-op."""
+        self._call(
+            "PATCH",
+            f"{RECORD_API}/{RESERVATION_RECORD}/{reservation_id}",
+            "release",
+            json={"custrecord_sl_released": True},
+        )
+
+    def find_reservation(self, external_id: str) -> RecordRef | None:
+        """The reservation with this external id, or None (the probe of :meth:`reserve`)."""
+        row = self.find(RESERVATION_RECORD, external_id)
+        return None if row is None else RecordRef(**_ref(RESERVATION_RECORD, row, external_id))
+
+    # -- invoices -----------------------------------------------------------------
+
+    def upsert_invoice(self, external_id: str, invoice: NewInvoice) -> RecordRef:
+        """Create the invoice with this external id, or update the one that has it."""
+        body: dict[str, Any] = {
+            "entity": {"id": invoice.customer},
+            "item": {"items": [line.body() for line in invoice.lines]},
+        }
+        if invoice.sales_order is not None:
+            body["createdFrom"] = {"id": invoice.sales_order}
+        if invoice.memo is not None:
+            body["memo"] = invoice.memo
+        return self._upsert("invoice", external_id, body, "upsert_invoice")
+
+    def void_invoice(self, invoice_id: str, *, external_id: str) -> RecordRef:
+        """Reverse an invoice with a credit memo for its full amount, once per ``external_id``.
+
+        Args:
+            invoice_id: The invoice's internal id.
+            external_id: The credit memo's external id (derive it from the
+                compensation's idempotency key); if a memo with it exists, it is
+                returned and nothing is sent.
+        """
+        existing = self._find_transaction("creditMemo", external_id)
+        if existing is not None:
+            return existing
+        response = self._call(
+            "POST",
+            f"{RECORD_API}/invoice/{invoice_id}/!transform/creditMemo",
+            "void_invoice",
+            json={"externalId": external_id},
+        )
+        return self._created("creditMemo", external_id, response)
+
+    def find_invoice(self, external_id: str) -> RecordRef | None:
+        """The invoice with this external id, or None (the probe of an upsert)."""
+        return self._find_transaction("invoice", external_id)
+
+    # -- SuiteQL ------------------------------------------------------------------
+
+    def suiteql(self, query: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """Run a SuiteQL query and return its rows (column names lower-case, as NetSuite sends)."""
+        response = self._call(
+            "POST",
+            SUITEQL_API,
+            "suiteql",
+            params={"limit": str(limit)},
+            json={"q": query},
+            headers={"Prefer": "transient"},
+        )
+        items = response.json().get("items", [])
+        return [{k: v for k, v in row.items() if k != "links"} for row in items]
+
+    def find(
+        self, table: str, external_id: str, *, tran_type: str | None = None
+    ) -> dict[str, Any] | None:
+        """The row of ``table`` whose ``externalid`` is ``external_id``, or None.
+
+        Args:
+            table: ``transaction`` or a custom record type.
+            external_id: The record's external id.
+            tran_type: For ``transaction``, the type to match (``SalesOrd``),
+                since external ids are unique per record type only.
+        """
+        where = f"externalid = {_sql_string(external_id)}"
+        if tran_type is not None:
+            where += f" AND type = {_sql_string(tran_type)}"
+        rows = self.suiteql(f"SELECT id, externalid FROM {table} WHERE {where}", limit=2)
+        return rows[0] if rows else None
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _find_transaction(self, record_type: str, external_id: str) -> RecordRef | None:
+        row = self.find("transaction", external_id, tran_type=TRANSACTION_TYPES[record_type])
+        return None if row is None else RecordRef(**_ref(record_type, row, external_id))
+
+    def _upsert(
+        self, record_type: str, external_id: str, body: dict[str, Any], operation: str
+    ) -> RecordRef:
+        params = {"replace": "item"} if "item" in body else None
+        response = self._call(
+            "PUT",
+            f"{RECORD_API}/{record_type}/eid:{external_id}",
+            operation,
+            params=params,
+            json=body,
+        )
+        return self._created(record_type, external_id, response)
+
+    def _created(self, record_type: str, external_id: str, response: httpx.Response) -> RecordRef:
+        """The record a 204 answer points at in its ``Location`` header."""
+        location = response.headers.get("Location", "")
+        record_id = location.rstrip("/").rsplit("/", 1)[-1]
+        if not record_id.isdigit():
+            # No usable Location (a proxy dropped it): ask where the record is.
+            table = RESERVATION_RECORD if record_type == RESERVATION_RECORD else "transaction"
+            row = self.find(table, external_id, tran_type=TRANSACTION_TYPES.get(record_type))
+            if row is None:
+                message = (
+                    f"{self.system}: HTTP {response.status_code} without a Location, and no "
+                    f"{record_type} has external id {external_id!r}"
+                )
+                raise PermanentError(
+                    self.redact(message), details={"system": self.system, "record": record_type}
+                )
+            record_id = str(row["id"])
+        return RecordRef(record_type=record_type, id=record_id, external_id=external_id)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Sign the request as it will be sent (query string included), then send it."""
+        url = f"{self.base_url}{path}"
+        # The client may add default params: sign the URL it will really send.
+        signed_url = str(self.client.build_request(method, url, params=params).url)
+        auth = {"Authorization": self._signer.authorization(method, signed_url)}
+        extra: dict[str, Any] = {}
+        if params is not None:
+            extra["params"] = params
+        if json is not None:
+            extra["json"] = json
+        return self.send(method, url, operation, headers={**auth, **(headers or {})}, **extra)
+
+    def error_code(self, response: httpx.Response) -> tuple[str | None, str]:
+        """NetSuite's error: the first ``o:errorDetails`` entry's code and detail."""
+        try:
+            body = response.json()
+        except ValueError:
+            return None, response.text[:200]
+        if isinstance(body, dict):
+            details = body.get("o:errorDetails")
+            if isinstance(details, list) and details and isinstance(details[0], dict):
+                code = details[0].get("o:errorCode")
+                return (str(code) if code else None), str(details[0].get("detail", ""))
+            if "title" in body:
+                return None, str(body["title"])
+        return super().error_code(response)
+
+    def status_error(self, response: httpx.Response, operation: str) -> StepError:
+        """As the base does, except that a concurrency refusal sent as a 400 is a rate limit."""
+        error = super().status_error(response, operation)
+        code = (error.details or {}).get("code")
+        if response.status_code == 400 and code in CONCURRENCY_ERROR_CODES:
+            wait = DEFAULT_RETRY_AFTER  # NetSuite sends no Retry-After with these
+            return RateLimitedError(str(error), retry_after=wait, details=error.details)
+        return error
+
+
+def _sql_string(value: str) -> str:
+    """A SuiteQL string literal (quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ref(record_type: str, row: dict[str, Any], external_id: str) -> dict[str, str]:
+    return {"record_type": record_type, "id": str(row["id"]), "external_id": external_id}
+
+
+def _sales_order(body: dict[str, Any]) -> SalesOrder:
+    status = body.get("orderStatus") or {}
+    items = (body.get("item") or {}).get("items", [])
+    lines = tuple(
+        SalesOrderLine(
+            line=int(i["line"]),
+            item=str((i.get("item") or {}).get("id", "")),
+            quantity=int(i.get("quantity", 0)),
+            rate=Decimal(str(i.get("rate", 0))),
+            is_closed=bool(i.get("isClosed", False)),
+        )
+        for i in items
+    )
+    return SalesOrder(
+        id=str(body["id"]),
+        external_id=body.get("externalId"),
+        tran_id=str(body.get("tranId", "")),
+        status_id=str(status.get("id", "")),
+        status=str(status.get("refName", "")),
+        total=Decimal(str(body.get("total", 0))),
+        lines=lines,
+    )
