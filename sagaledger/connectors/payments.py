@@ -1,0 +1,489 @@
+"""Payments through Stripe's HTTP API: charge, capture, cancel, refund, and find by key.
+
+Requests are what Stripe's own libraries send: a bearer secret key, form
+bodies in Stripe's bracket notation (``metadata[order_id]=A1``), and an
+``Idempotency-Key`` header on every POST. Point :class:`StripePayments` at
+``https://api.stripe.com`` with a test key, or at a
+:class:`~sagaledger.connectors.simulators.payments.PaymentsSimulator`.
+
+Stripe forgets an idempotency key 24 hours after first seeing it, and a saga
+can retry later than that. So every payment and refund also carries the
+saga's key in its metadata (``metadata[sagaledger_key]``), and
+:meth:`StripePayments.find_payment` / :meth:`StripePayments.find_refund` look
+it up there: a step's probe asks before each retry whether the charge already
+landed, whatever Stripe still remembers.
+
+How Stripe's answers map onto the orchestrator's errors (beyond the base's):
+
+==========================================  ==========================
+Stripe said                                 raised
+==========================================  ==========================
+402 ``card_error`` (declined, expired)      ``PermanentError``
+400 ``idempotency_error`` (other params)    ``PermanentError``
+409, or ``lock_timeout`` (key/object busy)  ``RetryableError``
+429 ``rate_limit``                          ``RateLimitedError``
+5xx to a POST                               ``OutcomeUnknownError``
+5xx to a GET                                ``RetryableError``
+==========================================  ==========================
+
+A 5xx to a POST is an unknown outcome because Stripe saves whatever an
+endpoint answered once it began executing, 500s included, and may have moved
+money before failing: only a probe can tell.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol, Self
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from sagaledger._errors import OutcomeUnknownError, PermanentError, RetryableError, StepError
+from sagaledger.connectors._http import CONNECT_ATTEMPTS, DEFAULT_TIMEOUT, HttpConnector
+
+logger = logging.getLogger("sagaledger.connectors.payments")
+
+#: Where Stripe's API lives.
+STRIPE_API = "https://api.stripe.com"
+#: The metadata field that carries the saga's idempotency key (probes search it).
+KEY_METADATA = "sagaledger_key"
+#: Statuses in which a PaymentIntent holds or has moved the customer's money.
+LANDED_STATUSES = frozenset({"succeeded", "requires_capture", "processing"})
+#: How far back the strongly consistent list is scanned when search has no hit yet.
+RECENT_WINDOW = timedelta(minutes=10)
+#: Stripe refuses longer idempotency keys.
+MAX_KEY_LENGTH = 255
+#: Pages of 100 a probe reads before it gives up and says it cannot tell.
+MAX_LIST_PAGES = 5
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+class Payment(BaseModel):
+    """A PaymentIntent, as far as a saga needs it.
+
+    Attributes:
+        id: Stripe's id (``pi_...``).
+        amount: The amount asked for, in minor units.
+        amount_received: What has been captured.
+        amount_capturable: What is authorized and may still be captured.
+        currency: Three-letter ISO code, lower case.
+        status: Stripe's status (``succeeded``, ``requires_capture``, ...).
+        capture_method: ``automatic``, ``automatic_async`` or ``manual``.
+        latest_charge: The charge behind it (``ch_...``), once there is one.
+        idempotency_key: The saga key it was created under, from its metadata.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    amount: int
+    amount_received: int = 0
+    amount_capturable: int = 0
+    currency: str
+    status: str
+    capture_method: str = "automatic"
+    latest_charge: str | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def landed(self) -> bool:
+        """True when the customer's money is moved or held (the effect to undo)."""
+        return self.status in LANDED_STATUSES
+
+    @classmethod
+    def from_stripe(cls, data: Mapping[str, Any]) -> Payment:
+        """Read Stripe's PaymentIntent JSON."""
+        charge = data.get("latest_charge")
+        return cls(
+            id=data["id"],
+            amount=data["amount"],
+            amount_received=data.get("amount_received") or 0,
+            amount_capturable=data.get("amount_capturable") or 0,
+            currency=data["currency"],
+            status=data["status"],
+            capture_method=data.get("capture_method") or "automatic",
+            latest_charge=charge.get("id") if isinstance(charge, dict) else charge,
+            idempotency_key=(data.get("metadata") or {}).get(KEY_METADATA),
+        )
+
+
+class Refund(BaseModel):
+    """A refund of (part of) a PaymentIntent.
+
+    Attributes:
+        id: Stripe's id (``re_...``).
+        payment_intent: The PaymentIntent refunded.
+        amount: Minor units given back.
+        currency: Three-letter ISO code, lower case.
+        status: ``succeeded``, ``pending``, ``failed``, ...
+        idempotency_key: The saga key it was made under, from its metadata.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    payment_intent: str | None
+    amount: int
+    currency: str
+    status: str
+    idempotency_key: str | None = None
+
+    @classmethod
+    def from_stripe(cls, data: Mapping[str, Any]) -> Refund:
+        """Read Stripe's Refund JSON."""
+        return cls(
+            id=data["id"],
+            payment_intent=data.get("payment_intent"),
+            amount=data["amount"],
+            currency=data["currency"],
+            status=data["status"],
+            idempotency_key=(data.get("metadata") or {}).get(KEY_METADATA),
+        )
+
+
+class HasIdempotencyKey(Protocol):
+    """What a probe needs from a step's context."""
+
+    @property
+    def idempotency_key(self) -> str: ...
+
+
+class StripePayments(HttpConnector):
+    """Stripe's PaymentIntents and Refunds, for saga steps.
+
+    Args:
+        api_key: The secret key (``sk_test_...``); it is masked in every error.
+        base_url: Stripe's API, or a simulator's URL.
+        client: An ``httpx.Client`` to share; one is made when omitted.
+        timeout: Timeouts of the client made when ``client`` is omitted.
+        stripe_version: Sent as ``Stripe-Version`` to pin the API version.
+        connect_attempts: Tries per call while the request cannot be sent.
+        clock: Now, in UTC; probes scan the payments created shortly before it.
+        recent_window: How far back a probe scans the list when search has no hit.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = STRIPE_API,
+        client: httpx.Client | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        stripe_version: str | None = None,
+        connect_attempts: int = CONNECT_ATTEMPTS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        recent_window: timedelta = RECENT_WINDOW,
+    ):
+        if not api_key:
+            raise ValueError("StripePayments needs an API key")
+        super().__init__(
+            "stripe",
+            base_url,
+            client=client,
+            timeout=timeout,
+            secrets=[api_key],
+            connect_attempts=connect_attempts,
+        )
+        self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": "sagaledger"}
+        if stripe_version:
+            self._headers["Stripe-Version"] = stripe_version
+        self._clock = clock
+        self._recent_window = recent_window
+
+    def __enter__(self) -> Self:
+        return self
+
+    # -- effects ------------------------------------------------------------------
+
+    def create_payment(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        payment_method: str,
+        idempotency_key: str,
+        capture_method: Literal["automatic", "automatic_async", "manual"] = "automatic",
+        metadata: Mapping[str, str] | None = None,
+        customer: str | None = None,
+        description: str | None = None,
+        payment_method_types: Sequence[str] = ("card",),
+    ) -> Payment:
+        """Create and confirm a PaymentIntent: charge now, or authorize (``manual``).
+
+        Args:
+            amount: Minor units (cents).
+            currency: Three-letter ISO code.
+            payment_method: The card to charge (``pm_...``).
+            idempotency_key: The step's key; also stored in ``metadata[sagaledger_key]``.
+            capture_method: ``manual`` only authorizes; :meth:`capture` takes the money.
+            metadata: Your own fields (order id, ...); shown in Stripe's dashboard.
+            customer: The customer the payment method belongs to, if any.
+            description: Shown on the payment in Stripe.
+            payment_method_types: Naming the types confirms without a ``return_url``.
+
+        Returns:
+            The payment, ``succeeded`` or ``requires_capture``.
+
+        Raises:
+            PermanentError: declined (402), invalid, or the card needs the
+                customer to act (3-D Secure), which a saga cannot do.
+        """
+        params = {
+            "amount": amount,
+            "currency": currency.lower(),
+            "payment_method": payment_method,
+            "confirm": True,
+            "capture_method": capture_method,
+            "payment_method_types": list(payment_method_types),
+            "customer": customer,
+            "description": description,
+            "metadata": _keyed_metadata(metadata, idempotency_key),
+        }
+        body = self._post("/v1/payment_intents", "create_payment_intent", params, idempotency_key)
+        payment = Payment.from_stripe(body)
+        if not payment.landed:
+            raise self._error(
+                PermanentError,
+                "create_payment_intent",
+                f"payment {payment.id} is {payment.status}, not charged",
+            )
+        return payment
+
+    def capture(
+        self, payment_intent: str, *, idempotency_key: str, amount: int | None = None
+    ) -> Payment:
+        """Capture an authorized (``manual``) payment: all of it, or ``amount``."""
+        params = {"amount_to_capture": amount}
+        path = f"/v1/payment_intents/{_segment(payment_intent)}/capture"
+        return Payment.from_stripe(
+            self._post(path, "capture_payment_intent", params, idempotency_key)
+        )
+
+    def cancel(
+        self, payment_intent: str, *, idempotency_key: str, reason: str | None = None
+    ) -> Payment:
+        """Cancel a payment not yet captured, releasing its authorization."""
+        params = {"cancellation_reason": reason}
+        path = f"/v1/payment_intents/{_segment(payment_intent)}/cancel"
+        return Payment.from_stripe(
+            self._post(path, "cancel_payment_intent", params, idempotency_key)
+        )
+
+    def refund(
+        self,
+        payment_intent: str,
+        *,
+        idempotency_key: str,
+        amount: int | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Refund:
+        """Refund a captured payment (all that is left of it, or ``amount``).
+
+        A refund already made under ``idempotency_key`` is returned instead of
+        a new one: the list of the payment's refunds is asked first, so a retry
+        after Stripe forgot the key cannot refund twice.
+        """
+        existing = self.find_refund(payment_intent, idempotency_key)
+        if existing is not None:
+            return existing
+        params = {
+            "payment_intent": payment_intent,
+            "amount": amount,
+            "reason": reason,
+            "metadata": _keyed_metadata(metadata, idempotency_key),
+        }
+        return Refund.from_stripe(
+            self._post("/v1/refunds", "create_refund", params, idempotency_key)
+        )
+
+    # -- reads ----------------------------------------------------------------------
+
+    def retrieve(self, payment_intent: str) -> Payment:
+        """The payment as Stripe has it now."""
+        path = f"/v1/payment_intents/{_segment(payment_intent)}"
+        return Payment.from_stripe(self._get(path, "retrieve_payment_intent"))
+
+    def find_payment(self, idempotency_key: str) -> Payment | None:
+        """The payment that landed under ``idempotency_key``, or None if none did.
+
+        Stripe's search finds it by metadata however old it is, but only about
+        a minute after it was made; the list of payments made in the last
+        ``recent_window`` covers that minute. Payments that hold no money
+        (declined, canceled) do not count.
+
+        Raises:
+            OutcomeUnknownError: more than one payment landed under the key, or
+                too many recent payments to scan: a person must look.
+        """
+        query = f"metadata[{_quoted(KEY_METADATA)}]:{_quoted(idempotency_key)}"
+        found = self._get(
+            "/v1/payment_intents/search",
+            "search_payment_intents",
+            params={"query": query, "limit": 100},
+        )["data"]
+        if not found:
+            since = int((self._clock() - self._recent_window).timestamp())
+            recent = self._list(
+                "/v1/payment_intents", "list_payment_intents", {"created[gte]": since}
+            )
+            found = [
+                p for p in recent if (p.get("metadata") or {}).get(KEY_METADATA) == idempotency_key
+            ]
+        landed = [p for p in map(Payment.from_stripe, found) if p.landed]
+        if len(landed) > 1:
+            # Guessing which to keep could leave a charge unrefunded: stop for a person.
+            ids = ", ".join(p.id for p in landed)
+            raise self._error(
+                OutcomeUnknownError, "find_payment", f"several payments under one key: {ids}"
+            )
+        return landed[0] if landed else None
+
+    def find_refund(self, payment_intent: str, idempotency_key: str) -> Refund | None:
+        """The refund of ``payment_intent`` made under ``idempotency_key``, or None."""
+        refunds = self._list("/v1/refunds", "list_refunds", {"payment_intent": payment_intent})
+        for data in refunds:
+            if (data.get("metadata") or {}).get(KEY_METADATA) == idempotency_key:
+                return Refund.from_stripe(data)
+        return None
+
+    def probe(self, ctx: HasIdempotencyKey) -> Payment | None:
+        """A step probe: ``RetrySafety.IDEMPOTENCY_KEY.with_probe(payments.probe)``."""
+        return self.find_payment(ctx.idempotency_key)
+
+    # -- the wire ---------------------------------------------------------------------
+
+    def _post(
+        self, path: str, operation: str, params: Mapping[str, Any], idempotency_key: str
+    ) -> dict[str, Any]:
+        if not idempotency_key or len(idempotency_key) > MAX_KEY_LENGTH:
+            raise ValueError(f"idempotency keys are 1 to {MAX_KEY_LENGTH} characters")
+        headers = {**self._headers, "Content-Type": _FORM, "Idempotency-Key": idempotency_key}
+        body = urllib.parse.urlencode(form_pairs(params))
+        response = self.send("POST", path, operation, headers=headers, content=body)
+        return self._read(response, operation)
+
+    def _get(
+        self, path: str, operation: str, params: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        query = form_pairs(params or {})
+        response = self.send("GET", path, operation, headers=self._headers, params=query)
+        return self._read(response, operation)
+
+    def _list(self, path: str, operation: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every object of a list endpoint, newest first, within ``MAX_LIST_PAGES`` pages."""
+        items: list[dict[str, Any]] = []
+        after: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            page = self._get(path, operation, {**params, "limit": 100, "starting_after": after})
+            items.extend(page["data"])
+            if not page.get("has_more") or not page["data"]:
+                return items
+            after = page["data"][-1]["id"]
+        raise self._error(OutcomeUnknownError, operation, f"more than {len(items)} objects to scan")
+
+    def _read(self, response: httpx.Response, operation: str) -> dict[str, Any]:
+        logger.debug(
+            "stripe %s: %s %s (request %s%s)",
+            operation,
+            response.request.method,
+            response.status_code,
+            response.headers.get("Request-Id"),
+            ", replayed" if response.headers.get("Idempotent-Replayed") == "true" else "",
+        )
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            # A 2xx that is not Stripe's JSON (a proxy's page?): a POST may still have landed.
+            post = response.request.method == "POST"
+            kind = OutcomeUnknownError if post else RetryableError
+            raise self._error(kind, operation, "the answer is not a JSON object")
+        return body
+
+    def status_error(self, response: httpx.Response, operation: str) -> StepError:
+        """Stripe's refinements of the base mapping (see the module's table)."""
+        error = _error_object(response)
+        status, code = response.status_code, error.get("code")
+        kind: type[StepError] | None = None
+        if status == 409 or code == "lock_timeout":
+            kind = RetryableError  # the key or object is busy with another request
+        elif status >= 500 and response.request.method == "POST":
+            kind = OutcomeUnknownError
+        if kind is None:
+            exc = super().status_error(response, operation)
+        else:
+            message = error.get("message") or ""
+            label = code or error.get("type")
+            text = f"HTTP {status}" + (f" {label}" if label else "") + f": {message}"
+            exc = self._error(kind, operation, text, status=status, code=label)
+        extra = {
+            "type": error.get("type"),
+            "decline_code": error.get("decline_code"),
+            "param": error.get("param"),
+            "request_id": response.headers.get("Request-Id"),
+        }
+        if exc.details is not None:
+            exc.details.update({k: self.redact(str(v)) for k, v in extra.items() if v})
+        return exc
+
+
+def form_pairs(params: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Flatten ``params`` into Stripe's bracket notation, skipping None.
+
+    ``{"metadata": {"a": "1"}, "types": ["card"], "confirm": True}`` becomes
+    ``metadata[a]=1``, ``types[0]=card``, ``confirm=true``.
+    """
+    pairs: list[tuple[str, str]] = []
+    for name, value in params.items():
+        key = f"{prefix}[{name}]" if prefix else str(name)
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            pairs.extend(form_pairs(value, key))
+        elif isinstance(value, list | tuple):
+            pairs.extend(form_pairs({str(i): item for i, item in enumerate(value)}, key))
+        elif isinstance(value, bool):
+            pairs.append((key, "true" if value else "false"))
+        else:
+            pairs.append((key, str(value)))
+    return pairs
+
+
+def _keyed_metadata(metadata: Mapping[str, str] | None, idempotency_key: str) -> dict[str, str]:
+    fields = dict(metadata or {})
+    if KEY_METADATA in fields:
+        raise ValueError(f"metadata[{KEY_METADATA}] is set by the connector")
+    bad = [k for k in fields if "[" in k or "]" in k or len(k) > 40]
+    if bad:
+        raise ValueError(f"metadata keys must be 1-40 characters without brackets: {bad}")
+    fields[KEY_METADATA] = idempotency_key
+    return fields
+
+
+def _quoted(value: str) -> str:
+    """A string literal of Stripe's search language."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment, so a stray ``/`` cannot reach another endpoint."""
+    return urllib.parse.quote(value, safe="")
+
+
+def _error_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+__all__ = ["HasIdempotencyKey", "Payment", "Refund", "StripePayments", "form_pairs"]
