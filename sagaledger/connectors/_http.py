@@ -28,7 +28,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import tenacity
@@ -102,7 +102,7 @@ class HttpConnector:
         if self._own_client:
             self.client.close()
 
-    def __enter__(self) -> HttpConnector:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -163,22 +163,26 @@ class HttpConnector:
         try:
             response = retrying(self._send_once, built)
         except _NotSent as exc:
-            raise self._error(
+            raise self.make_error(
                 RetryableError, operation, f"could not connect: {exc.cause!r}"
             ) from None
         except httpx.TimeoutException as exc:
-            raise self._error(
+            raise self.make_error(
                 OutcomeUnknownError, operation, f"no response within the timeout ({exc!r})"
             ) from None
         except httpx.TransportError as exc:
-            raise self._error(
+            raise self.make_error(
                 OutcomeUnknownError, operation, f"connection lost after sending ({exc!r})"
             ) from None
         if response.is_success:
             return response
         raise self.status_error(response, operation)
 
+    def prepare(self, request: httpx.Request) -> None:
+        """Called on the built request before each try: sign it here (a fresh nonce each time)."""
+
     def _send_once(self, request: httpx.Request) -> httpx.Response:
+        self.prepare(request)
         try:
             response = self.client.send(request)
             response.read()
@@ -193,14 +197,14 @@ class HttpConnector:
         text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if status == 429:
             wait = retry_after(response.headers.get("Retry-After"))
-            return self._error(
+            return self.make_error(
                 RateLimitedError, operation, text, status=status, code=code, retry_after=wait
             )
         if status >= 500:
-            return self._error(RetryableError, operation, text, status=status, code=code)
-        return self._error(PermanentError, operation, text, status=status, code=code)
+            return self.make_error(RetryableError, operation, text, status=status, code=code)
+        return self.make_error(PermanentError, operation, text, status=status, code=code)
 
-    def _error(
+    def make_error(
         self,
         kind: type[StepError],
         operation: str,
@@ -210,6 +214,10 @@ class HttpConnector:
         code: str | None = None,
         retry_after: timedelta | None = None,
     ) -> StepError:
+        """An error of ``kind`` that names this system and ``operation``, secrets masked.
+
+        For subclasses that map a response or an exception of their own.
+        """
         details: dict[str, Any] = {"system": self.system, "operation": operation}
         if status is not None:
             details["status"] = status

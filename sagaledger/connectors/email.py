@@ -571,5 +571,5 @@ class HttpEmailApi(HttpConnector):
         code, message = self.error_code(response)
         if response.status_code == 409 and code == "concurrent_idempotent_requests":
             text = f"HTTP 409 {code}: {message}"
-            return self._error(RetryableError, operation, text, status=409, code=code)
+            return self.make_error(RetryableError, operation, text, status=409, code=code)
         return super().status_error(response, operation)

@@ -247,7 +247,7 @@ class StripePayments(HttpConnector):
         body = self._post("/v1/payment_intents", "create_payment_intent", params, idempotency_key)
         payment = Payment.from_stripe(body)
         if not payment.landed:
-            raise self._error(
+            raise self.make_error(
                 PermanentError,
                 "create_payment_intent",
                 f"payment {payment.id} is {payment.status}, not charged",
@@ -339,7 +339,7 @@ class StripePayments(HttpConnector):
         if len(landed) > 1:
             # Guessing which to keep could leave a charge unrefunded: stop for a person.
             ids = ", ".join(p.id for p in landed)
-            raise self._error(
+            raise self.make_error(
                 OutcomeUnknownError, "find_payment", f"several payments under one key: {ids}"
             )
         return landed[0] if landed else None
@@ -385,7 +385,9 @@ class StripePayments(HttpConnector):
             if not page.get("has_more") or not page["data"]:
                 return items
             after = page["data"][-1]["id"]
-        raise self._error(OutcomeUnknownError, operation, f"more than {len(items)} objects to scan")
+        raise self.make_error(
+            OutcomeUnknownError, operation, f"more than {len(items)} objects to scan"
+        )
 
     def _read(self, response: httpx.Response, operation: str) -> dict[str, Any]:
         logger.debug(
@@ -404,7 +406,7 @@ class StripePayments(HttpConnector):
             # A 2xx that is not Stripe's JSON (a proxy's page?): a POST may still have landed.
             post = response.request.method == "POST"
             kind = OutcomeUnknownError if post else RetryableError
-            raise self._error(kind, operation, "the answer is not a JSON object")
+            raise self.make_error(kind, operation, "the answer is not a JSON object")
         return body
 
     def status_error(self, response: httpx.Response, operation: str) -> StepError:
@@ -422,7 +424,7 @@ class StripePayments(HttpConnector):
             message = error.get("message") or ""
             label = code or error.get("type")
             text = f"HTTP {status}" + (f" {label}" if label else "") + f": {message}"
-            exc = self._error(kind, operation, text, status=status, code=label)
+            exc = self.make_error(kind, operation, text, status=status, code=label)
         extra = {
             "type": error.get("type"),
             "decline_code": error.get("decline_code"),

@@ -15,8 +15,8 @@ simulators``) can be driven like one in this process:
 from __future__ import annotations
 
 import json
+import logging
 import threading
-import time
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -27,6 +27,8 @@ from typing import Any, Self
 from sagaledger.connectors.simulators._faults import EffectLedger, Fault, FaultKind, FaultPlan
 
 CONTROL_PREFIX = "/_simulator/"
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class HttpSimulator(ABC):
         self.ledger = EffectLedger()
         self.requests: list[SimRequest] = []
         self._lock = threading.RLock()  # held while an operation applies its effect
+        self._stopping = threading.Event()  # ends the waits of latency and timeout faults
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -100,7 +103,9 @@ class HttpSimulator(ABC):
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        self._stopping.set()
+        if self._thread is not None:  # shutdown() waits forever for a loop never started
+            self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(5)
@@ -144,6 +149,14 @@ class HttpSimulator(ABC):
         refused = self.authenticate(request)
         if refused is not None:
             return refused
+        try:
+            return self._respond(request)
+        except Exception as exc:
+            # A bug here must not look like a lost response (an unknown outcome) to the client.
+            _log.exception("%s simulator: %s %s failed", self.system, request.method, request.path)
+            return self.error(500, "simulator_bug", f"{type(exc).__name__}: {exc}")
+
+    def _respond(self, request: SimRequest) -> SimResponse | None:
         routed = self.route(request)
         if isinstance(routed, SimResponse):
             return routed
@@ -152,7 +165,7 @@ class HttpSimulator(ABC):
         if fault is None:
             return self._apply(apply)
         if fault.kind is FaultKind.LATENCY:
-            time.sleep(fault.delay)
+            self._stopping.wait(fault.delay)
             return self._apply(apply)
         if fault.kind is FaultKind.ERROR:
             return self.error(fault.status, "simulated_error", "simulated server error")
@@ -161,7 +174,7 @@ class HttpSimulator(ABC):
             limited.headers["Retry-After"] = f"{fault.retry_after:g}"
             return limited
         if fault.kind is FaultKind.TIMEOUT:
-            time.sleep(fault.delay)
+            self._stopping.wait(fault.delay)
             return None
         if fault.kind is FaultKind.DECLINE:
             return self.decline(operation, fault)
@@ -194,6 +207,9 @@ class HttpSimulator(ABC):
 def _handler_for(simulator: HttpSimulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real APIs serve
+        # Headers and body go out in separate writes: without this each answer waits
+        # for the client's delayed ACK (about 40 ms).
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             parsed = urllib.parse.urlsplit(self.path)
@@ -218,8 +234,11 @@ def _handler_for(simulator: HttpSimulator) -> type[BaseHTTPRequestHandler]:
                 payload = json.dumps(response.body).encode()
                 content_type = "application/json"
             self.send_response(response.status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
+            if response.status in (204, 304):  # no body may follow, not even "null"
+                payload = b""
+            else:
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
             for name, value in response.headers.items():
                 self.send_header(name, value)
             self.end_headers()

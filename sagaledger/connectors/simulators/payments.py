@@ -124,9 +124,6 @@ class PaymentsSimulator(HttpSimulator):
         search_lag: timedelta = SEARCH_LAG,
     ):
         super().__init__(port)
-        # The base handler writes headers and body apart; with Nagle's algorithm on,
-        # each answer waits ~40 ms for a delayed ACK. (The class is this server's own.)
-        self._server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
         self.api_key = api_key
         self.clock = clock
         self.key_ttl = key_ttl
