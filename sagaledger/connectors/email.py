@@ -573,3 +573,6 @@ class HttpEmailApi(HttpConnector):
             text = f"HTTP 409 {code}: {message}"
             return self.make_error(RetryableError, operation, text, status=409, code=code)
         return super().status_error(response, operation)
+
+
+__all__ = ["HttpEmailApi", "Mailer", "SentEmail", "SmtpMailer", "message_id_for"]

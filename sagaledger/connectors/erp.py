@@ -472,3 +472,17 @@ def _sales_order(body: dict[str, Any]) -> SalesOrder:
         total=Decimal(str(body.get("total", 0))),
         lines=lines,
     )
+
+
+__all__ = [
+    "NetSuiteErp",
+    "NewInvoice",
+    "NewSalesOrder",
+    "OAuth1Credentials",
+    "OrderLine",
+    "RecordRef",
+    "SalesOrder",
+    "SalesOrderLine",
+    "account_url",
+    "external_id",
+]

@@ -3,7 +3,7 @@
 Each one enforces its service's authentication, honours idempotency keys the way
 that service does, keeps a ledger of every effect it applied, and injects faults
 on request (latency, 5xx, 429 with Retry-After, timeouts, declines, and an
-effect applied whose response is lost).
+effect applied whose response is lost). :class:`SimulatorSuite` starts them all.
 """
 
 from sagaledger.connectors.simulators._faults import (
@@ -14,14 +14,27 @@ from sagaledger.connectors.simulators._faults import (
     FaultPlan,
 )
 from sagaledger.connectors.simulators._http import HttpSimulator, SimRequest, SimResponse
+from sagaledger.connectors.simulators._suite import Endpoints, LocalConnectors, SimulatorSuite
+from sagaledger.connectors.simulators.email_api import EmailApiSimulator
+from sagaledger.connectors.simulators.erp import ErpSimulator
+from sagaledger.connectors.simulators.payments import PaymentsSimulator
+from sagaledger.connectors.simulators.smtp import ReceivedMessage, SmtpSimulator
 
 __all__ = [
     "Effect",
     "EffectLedger",
+    "EmailApiSimulator",
+    "Endpoints",
+    "ErpSimulator",
     "Fault",
     "FaultKind",
     "FaultPlan",
     "HttpSimulator",
+    "LocalConnectors",
+    "PaymentsSimulator",
+    "ReceivedMessage",
     "SimRequest",
     "SimResponse",
+    "SimulatorSuite",
+    "SmtpSimulator",
 ]
