@@ -14,13 +14,19 @@ from sagaledger.connectors.simulators._faults import (
     FaultPlan,
 )
 from sagaledger.connectors.simulators._http import HttpSimulator, SimRequest, SimResponse
-from sagaledger.connectors.simulators._suite import Endpoints, LocalConnectors, SimulatorSuite
+from sagaledger.connectors.simulators._suite import (
+    ENDPOINTS_ENV,
+    Endpoints,
+    LocalConnectors,
+    SimulatorSuite,
+)
 from sagaledger.connectors.simulators.email_api import EmailApiSimulator
 from sagaledger.connectors.simulators.erp import ErpSimulator
 from sagaledger.connectors.simulators.payments import PaymentsSimulator
 from sagaledger.connectors.simulators.smtp import ReceivedMessage, SmtpSimulator
 
 __all__ = [
+    "ENDPOINTS_ENV",
     "Effect",
     "EffectLedger",
     "EmailApiSimulator",

@@ -8,6 +8,8 @@ starts, or an example run against ``sagaledger simulators`` in another terminal.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Self
@@ -35,6 +37,8 @@ ERP_CREDENTIALS = OAuth1Credentials(
 SMTP_USERNAME = "sagaledger"
 SMTP_PASSWORD = "simulator-password"
 EMAIL_API_KEY = "re_test_simulator"
+#: The environment variable that hands a suite's endpoints to another process.
+ENDPOINTS_ENV = "SAGALEDGER_SIMULATORS"
 #: Stock the ERP starts with, per item.
 DEFAULT_STOCK: Mapping[str, int] = {"WIDGET-1": 1000, "GADGET-2": 1000, "GIZMO-3": 1000}
 
@@ -55,6 +59,31 @@ class Endpoints:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Endpoints:
         return cls(**data)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment entry that tells a child process where the simulators are."""
+        return {ENDPOINTS_ENV: json.dumps(self.as_json())}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Endpoints:
+        """The endpoints a parent process handed over in :data:`ENDPOINTS_ENV`.
+
+        Raises:
+            LookupError: the variable is missing or unreadable (the message says how
+                to set it).
+        """
+        text = environ.get(ENDPOINTS_ENV)
+        if not text:
+            raise LookupError(
+                f"{ENDPOINTS_ENV} is not set: start the simulators (sagaledger simulators) "
+                "and export the line it prints"
+            )
+        try:
+            return cls.from_json(json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise LookupError(
+                f"{ENDPOINTS_ENV} is not a simulators' endpoints JSON: {exc}"
+            ) from None
 
 
 @dataclass
