@@ -8,11 +8,13 @@ Every command takes ``--store URL`` (or ``SAGALEDGER_STORE``; a SQLite file
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -382,6 +384,54 @@ def demo(store: str | None) -> None:
     settings = load_settings(store=store)
     if not run_demo(settings.store, console):
         raise SystemExit(1)
+
+
+@cli.command(short_help="Run the payments, ERP and email simulators locally.")
+@click.option("--payments-port", type=click.IntRange(0, 65535), default=4010, show_default=True)
+@click.option("--erp-port", type=click.IntRange(0, 65535), default=4020, show_default=True)
+@click.option("--email-api-port", type=click.IntRange(0, 65535), default=4030, show_default=True)
+@click.option("--smtp-port", type=click.IntRange(0, 65535), default=2525, show_default=True)
+@click.option(
+    "--control-port",
+    type=click.IntRange(0, 65535),
+    default=4040,
+    show_default=True,
+    help="SMTP's control API (faults, ledger) over HTTP.",
+)
+@click.option("--ledgers", type=click.Path(dir_okay=False), help="Write the ledgers here on exit.")
+def simulators(
+    payments_port: int,
+    erp_port: int,
+    email_api_port: int,
+    smtp_port: int,
+    control_port: int,
+    ledgers: str | None,
+) -> None:
+    """Serve the Stripe-style payments, NetSuite-style ERP, SMTP and email API simulators.
+
+    They run on 127.0.0.1 until Ctrl-C, with local test credentials (printed),
+    and take faults over HTTP at /_simulator/faults. Port 0 picks a free port.
+    The printed SAGALEDGER_SIMULATORS line tells workers and examples where they are.
+    """
+    from sagaledger.connectors.simulators._serve import serve
+
+    ports = {
+        "payments": payments_port,
+        "erp": erp_port,
+        "email_api": email_api_port,
+        "smtp": smtp_port,
+        "smtp_control": control_port,
+    }
+    try:
+        effects = serve(ports, say=click.echo)  # stdout: the export line is for scripts too
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise CLIError(f"cannot start the simulators: {reason} (pick other ports, or 0)") from None
+    counts = ", ".join(f"{name} {len(found)}" for name, found in effects.items())
+    click.echo(f"effects applied: {counts}")
+    if ledgers:
+        Path(ledgers).write_text(json.dumps(effects, indent=2, default=str))
+        click.echo(f"ledgers written to {ledgers}")
 
 
 def main() -> None:

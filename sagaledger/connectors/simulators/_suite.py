@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from sagaledger.connectors._oauth1 import OAuth1Credentials
 from sagaledger.connectors.email import HttpEmailApi, SmtpMailer
@@ -23,6 +23,8 @@ from sagaledger.connectors.simulators.email_api import EmailApiSimulator
 from sagaledger.connectors.simulators.erp import ErpSimulator
 from sagaledger.connectors.simulators.payments import DEFAULT_API_KEY, PaymentsSimulator
 from sagaledger.connectors.simulators.smtp import SmtpSimulator
+
+T = TypeVar("T")
 
 #: The local simulators' credentials. They guard nothing: anyone on this machine
 #: may use them, and no real service accepts them.
@@ -133,16 +135,22 @@ class SimulatorSuite:
         unknown = sorted(set(port) - {"payments", "erp", "smtp", "email_api"})
         if unknown:
             raise ValueError(f"unknown simulator(s) {unknown}: use payments, erp, smtp, email_api")
-        self.payments = PaymentsSimulator(PAYMENTS_API_KEY, port=port.get("payments", 0))
-        self.erp = ErpSimulator(
-            ERP_CREDENTIALS,
-            stock=DEFAULT_STOCK if stock is None else stock,
-            port=port.get("erp", 0),
+        self.payments = _bound(
+            "payments", port, lambda p: PaymentsSimulator(PAYMENTS_API_KEY, port=p)
         )
-        self.smtp = SmtpSimulator(
-            port.get("smtp", 0), username=SMTP_USERNAME, password=SMTP_PASSWORD
+        self.erp = _bound(
+            "erp",
+            port,
+            lambda p: ErpSimulator(
+                ERP_CREDENTIALS, stock=DEFAULT_STOCK if stock is None else stock, port=p
+            ),
         )
-        self.email_api = EmailApiSimulator(port.get("email_api", 0), api_key=EMAIL_API_KEY)
+        self.smtp = _bound(
+            "smtp", port, lambda p: SmtpSimulator(p, username=SMTP_USERNAME, password=SMTP_PASSWORD)
+        )
+        self.email_api = _bound(
+            "email_api", port, lambda p: EmailApiSimulator(p, api_key=EMAIL_API_KEY)
+        )
 
     def start(self) -> Self:
         started: list[Any] = []
@@ -188,3 +196,12 @@ class SimulatorSuite:
             "smtp": self.smtp.ledger.effects(),
             "email_api": self.email_api.ledger.effects(),
         }
+
+
+def _bound(name: str, ports: Mapping[str, int], make: Callable[[int], T]) -> T:
+    """Make one simulator; a port that is taken says which simulator wanted it."""
+    port = ports.get(name, 0)
+    try:
+        return make(port)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{name} simulator, port {port}: {exc.strerror}") from None
