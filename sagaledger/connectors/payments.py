@@ -40,19 +40,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict
 
 from sagaledger._errors import OutcomeUnknownError, PermanentError, RetryableError, StepError
 from sagaledger.connectors._http import CONNECT_ATTEMPTS, DEFAULT_TIMEOUT, HttpConnector
+from sagaledger.connectors._stripe_form import (
+    form_pairs,
+    keyed_metadata,
+    path_segment,
+    search_literal,
+)
+from sagaledger.connectors._stripe_models import KEY_METADATA, Payment, Refund
+from sagaledger.connectors._stripe_models import LANDED_STATUSES as LANDED_STATUSES  # re-export
 
 logger = logging.getLogger("sagaledger.connectors.payments")
 
 #: Where Stripe's API lives.
 STRIPE_API = "https://api.stripe.com"
-#: The metadata field that carries the saga's idempotency key (probes search it).
-KEY_METADATA = "sagaledger_key"
-#: Statuses in which a PaymentIntent holds or has moved the customer's money.
-LANDED_STATUSES = frozenset({"succeeded", "requires_capture", "processing"})
 #: How far back the strongly consistent list is scanned when search has no hit yet.
 RECENT_WINDOW = timedelta(minutes=10)
 #: Stripe refuses longer idempotency keys.
@@ -61,89 +64,6 @@ MAX_KEY_LENGTH = 255
 MAX_LIST_PAGES = 5
 
 _FORM = "application/x-www-form-urlencoded"
-
-
-class Payment(BaseModel):
-    """A PaymentIntent, as far as a saga needs it.
-
-    Attributes:
-        id: Stripe's id (``pi_...``).
-        amount: The amount asked for, in minor units.
-        amount_received: What has been captured.
-        amount_capturable: What is authorized and may still be captured.
-        currency: Three-letter ISO code, lower case.
-        status: Stripe's status (``succeeded``, ``requires_capture``, ...).
-        capture_method: ``automatic``, ``automatic_async`` or ``manual``.
-        latest_charge: The charge behind it (``ch_...``), once there is one.
-        idempotency_key: The saga key it was created under, from its metadata.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    amount: int
-    amount_received: int = 0
-    amount_capturable: int = 0
-    currency: str
-    status: str
-    capture_method: str = "automatic"
-    latest_charge: str | None = None
-    idempotency_key: str | None = None
-
-    @property
-    def landed(self) -> bool:
-        """True when the customer's money is moved or held (the effect to undo)."""
-        return self.status in LANDED_STATUSES
-
-    @classmethod
-    def from_stripe(cls, data: Mapping[str, Any]) -> Payment:
-        """Read Stripe's PaymentIntent JSON."""
-        charge = data.get("latest_charge")
-        return cls(
-            id=data["id"],
-            amount=data["amount"],
-            amount_received=data.get("amount_received") or 0,
-            amount_capturable=data.get("amount_capturable") or 0,
-            currency=data["currency"],
-            status=data["status"],
-            capture_method=data.get("capture_method") or "automatic",
-            latest_charge=charge.get("id") if isinstance(charge, dict) else charge,
-            idempotency_key=(data.get("metadata") or {}).get(KEY_METADATA),
-        )
-
-
-class Refund(BaseModel):
-    """A refund of (part of) a PaymentIntent.
-
-    Attributes:
-        id: Stripe's id (``re_...``).
-        payment_intent: The PaymentIntent refunded.
-        amount: Minor units given back.
-        currency: Three-letter ISO code, lower case.
-        status: ``succeeded``, ``pending``, ``failed``, ...
-        idempotency_key: The saga key it was made under, from its metadata.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    payment_intent: str | None
-    amount: int
-    currency: str
-    status: str
-    idempotency_key: str | None = None
-
-    @classmethod
-    def from_stripe(cls, data: Mapping[str, Any]) -> Refund:
-        """Read Stripe's Refund JSON."""
-        return cls(
-            id=data["id"],
-            payment_intent=data.get("payment_intent"),
-            amount=data["amount"],
-            currency=data["currency"],
-            status=data["status"],
-            idempotency_key=(data.get("metadata") or {}).get(KEY_METADATA),
-        )
 
 
 class HasIdempotencyKey(Protocol):
@@ -242,7 +162,7 @@ class StripePayments(HttpConnector):
             "payment_method_types": list(payment_method_types),
             "customer": customer,
             "description": description,
-            "metadata": _keyed_metadata(metadata, idempotency_key),
+            "metadata": keyed_metadata(metadata, idempotency_key),
         }
         body = self._post("/v1/payment_intents", "create_payment_intent", params, idempotency_key)
         payment = Payment.from_stripe(body)
@@ -259,7 +179,7 @@ class StripePayments(HttpConnector):
     ) -> Payment:
         """Capture an authorized (``manual``) payment: all of it, or ``amount``."""
         params = {"amount_to_capture": amount}
-        path = f"/v1/payment_intents/{_segment(payment_intent)}/capture"
+        path = f"/v1/payment_intents/{path_segment(payment_intent)}/capture"
         return Payment.from_stripe(
             self._post(path, "capture_payment_intent", params, idempotency_key)
         )
@@ -269,7 +189,7 @@ class StripePayments(HttpConnector):
     ) -> Payment:
         """Cancel a payment not yet captured, releasing its authorization."""
         params = {"cancellation_reason": reason}
-        path = f"/v1/payment_intents/{_segment(payment_intent)}/cancel"
+        path = f"/v1/payment_intents/{path_segment(payment_intent)}/cancel"
         return Payment.from_stripe(
             self._post(path, "cancel_payment_intent", params, idempotency_key)
         )
@@ -296,7 +216,7 @@ class StripePayments(HttpConnector):
             "payment_intent": payment_intent,
             "amount": amount,
             "reason": reason,
-            "metadata": _keyed_metadata(metadata, idempotency_key),
+            "metadata": keyed_metadata(metadata, idempotency_key),
         }
         return Refund.from_stripe(
             self._post("/v1/refunds", "create_refund", params, idempotency_key)
@@ -306,7 +226,7 @@ class StripePayments(HttpConnector):
 
     def retrieve(self, payment_intent: str) -> Payment:
         """The payment as Stripe has it now."""
-        path = f"/v1/payment_intents/{_segment(payment_intent)}"
+        path = f"/v1/payment_intents/{path_segment(payment_intent)}"
         return Payment.from_stripe(self._get(path, "retrieve_payment_intent"))
 
     def find_payment(self, idempotency_key: str) -> Payment | None:
@@ -321,7 +241,7 @@ class StripePayments(HttpConnector):
             OutcomeUnknownError: more than one payment landed under the key, or
                 too many recent payments to scan: a person must look.
         """
-        query = f"metadata[{_quoted(KEY_METADATA)}]:{_quoted(idempotency_key)}"
+        query = f"metadata[{search_literal(KEY_METADATA)}]:{search_literal(idempotency_key)}"
         found = self._get(
             "/v1/payment_intents/search",
             "search_payment_intents",
@@ -434,49 +354,6 @@ class StripePayments(HttpConnector):
         if exc.details is not None:
             exc.details.update({k: self.redact(str(v)) for k, v in extra.items() if v})
         return exc
-
-
-def form_pairs(params: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Flatten ``params`` into Stripe's bracket notation, skipping None.
-
-    ``{"metadata": {"a": "1"}, "types": ["card"], "confirm": True}`` becomes
-    ``metadata[a]=1``, ``types[0]=card``, ``confirm=true``.
-    """
-    pairs: list[tuple[str, str]] = []
-    for name, value in params.items():
-        key = f"{prefix}[{name}]" if prefix else str(name)
-        if value is None:
-            continue
-        if isinstance(value, Mapping):
-            pairs.extend(form_pairs(value, key))
-        elif isinstance(value, list | tuple):
-            pairs.extend(form_pairs({str(i): item for i, item in enumerate(value)}, key))
-        elif isinstance(value, bool):
-            pairs.append((key, "true" if value else "false"))
-        else:
-            pairs.append((key, str(value)))
-    return pairs
-
-
-def _keyed_metadata(metadata: Mapping[str, str] | None, idempotency_key: str) -> dict[str, str]:
-    fields = dict(metadata or {})
-    if KEY_METADATA in fields:
-        raise ValueError(f"metadata[{KEY_METADATA}] is set by the connector")
-    bad = [k for k in fields if "[" in k or "]" in k or len(k) > 40]
-    if bad:
-        raise ValueError(f"metadata keys must be 1-40 characters without brackets: {bad}")
-    fields[KEY_METADATA] = idempotency_key
-    return fields
-
-
-def _quoted(value: str) -> str:
-    """A string literal of Stripe's search language."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _segment(value: str) -> str:
-    """An id as one path segment, so a stray ``/`` cannot reach another endpoint."""
-    return urllib.parse.quote(value, safe="")
 
 
 def _error_object(response: httpx.Response) -> dict[str, Any]:

@@ -30,22 +30,22 @@ from __future__ import annotations
 
 import base64
 import copy
-import itertools
-import operator
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sagaledger.connectors.simulators._faults import Effect, Fault
-from sagaledger.connectors.simulators._http import (
-    HttpSimulator,
-    Operation,
-    SimRequest,
-    SimResponse,
+from sagaledger.connectors.simulators._http import Operation, SimRequest, SimResponse
+from sagaledger.connectors.simulators._stripe_errors import (
+    APPROVED,
+    DECLINES,
+    Rejected,
+    new_id,
+    stripe_error,
 )
+from sagaledger.connectors.simulators._stripe_search import Intent, StripeSearch
 
 #: Stripe prunes idempotency keys once they are this old.
 KEY_TTL = timedelta(hours=24)
@@ -54,34 +54,8 @@ SEARCH_LAG = timedelta(minutes=1)
 #: The key a simulator accepts unless told otherwise.
 DEFAULT_API_KEY = "sk_test_sagaledger_simulator"
 
-#: Test payment methods that are declined: (code, decline_code, message).
-DECLINES = {
-    "pm_card_chargeDeclined": ("card_declined", "generic_decline", "Your card was declined."),
-    "pm_card_chargeDeclinedInsufficientFunds": (
-        "card_declined",
-        "insufficient_funds",
-        "Your card has insufficient funds.",
-    ),
-    "pm_card_chargeDeclinedExpiredCard": ("expired_card", "expired_card", "Your card has expired."),
-}
-#: Test payment methods that are charged.
-APPROVED = frozenset({"pm_card_visa", "pm_card_mastercard", "pm_card_amex"})
-
-_ids = itertools.count(1)
 _INTENT_ACTION = re.compile(r"^/v1/payment_intents/([^/]+)/(capture|cancel)$")
 _INTENT = re.compile(r"^/v1/payment_intents/([^/]+)$")
-_CLAUSE = re.compile(
-    r"""^\s*(?:metadata\[(?P<q>['"])(?P<meta>.*?)(?P=q)\]|(?P<field>[a-z_]+))\s*:\s*"""
-    r"""(?P<v>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\s*$"""
-)
-
-
-class _Rejected(Exception):
-    """A request refused before the endpoint acted: its answer is not kept for its key."""
-
-    def __init__(self, response: SimResponse):
-        super().__init__(response.status)
-        self.response = response
 
 
 @dataclass
@@ -93,14 +67,7 @@ class _Saved:
     at: datetime
 
 
-@dataclass
-class _Intent:
-    data: dict[str, Any]
-    created_at: datetime
-    refunded: int = 0
-
-
-class PaymentsSimulator(HttpSimulator):
+class PaymentsSimulator(StripeSearch):
     """Stripe's payments API on ``127.0.0.1``.
 
     Args:
@@ -129,7 +96,7 @@ class PaymentsSimulator(HttpSimulator):
         self.key_ttl = key_ttl
         self.search_lag = search_lag
         self._keys: dict[str, _Saved] = {}
-        self._intents: dict[str, _Intent] = {}
+        self._intents: dict[str, Intent] = {}
         self._refunds: dict[str, dict[str, Any]] = {}
 
     # -- HttpSimulator ------------------------------------------------------------
@@ -218,7 +185,7 @@ class PaymentsSimulator(HttpSimulator):
                 return replay
             try:
                 response = endpoint(_nested(flat))
-            except _Rejected as rejected:
+            except Rejected as rejected:
                 return rejected.response
             if key is not None:
                 response.headers["Idempotency-Key"] = key
@@ -241,22 +208,22 @@ class PaymentsSimulator(HttpSimulator):
         amount = _amount(params.get("amount"), "amount", required=True)
         currency = str(params.get("currency") or "").lower()
         if not re.fullmatch(r"[a-z]{3}", currency):
-            raise _Rejected(self._fail(400, "Missing or invalid currency.", param="currency"))
+            raise Rejected(self._fail(400, "Missing or invalid currency.", param="currency"))
         capture = params.get("capture_method", "automatic")
         if capture not in ("automatic", "automatic_async", "manual"):
-            raise _Rejected(self._fail(400, "Invalid capture_method.", param="capture_method"))
+            raise Rejected(self._fail(400, "Invalid capture_method.", param="capture_method"))
         metadata, types = params.get("metadata", {}), params.get("payment_method_types", {})
         if not isinstance(metadata, dict) or not isinstance(types, dict):
             message = "metadata and payment_method_types take bracket notation (a[k]=v)."
-            raise _Rejected(self._fail(400, message, code="parameter_invalid_string"))
+            raise Rejected(self._fail(400, message, code="parameter_invalid_string"))
         method = params.get("payment_method")
         confirm = params.get("confirm") == "true"
         if method is not None and method not in APPROVED and method not in DECLINES:
             message = f"No such PaymentMethod: '{method}'"
-            raise _Rejected(
+            raise Rejected(
                 self._fail(400, message, code="resource_missing", param="payment_method")
             )
-        intent_id = _new_id("pi")
+        intent_id = new_id("pi")
         data: dict[str, Any] = {
             "id": intent_id,
             "object": "payment_intent",
@@ -277,7 +244,7 @@ class PaymentsSimulator(HttpSimulator):
             "livemode": False,
             "status": "requires_payment_method" if method is None else "requires_confirmation",
         }
-        self._intents[intent_id] = _Intent(data, self.clock())
+        self._intents[intent_id] = Intent(data, self.clock())
         if not confirm or method is None:
             return self._ok(data)
         if method in DECLINES:
@@ -292,7 +259,7 @@ class PaymentsSimulator(HttpSimulator):
                 decline_code=decline_code,
                 payment_intent=copy.deepcopy(data),
             )
-        data["latest_charge"] = _new_id("ch")
+        data["latest_charge"] = new_id("ch")
         manual = capture == "manual"
         if manual:
             data.update(status="requires_capture", amount_capturable=amount)
@@ -332,7 +299,7 @@ class PaymentsSimulator(HttpSimulator):
     def _refund(self, params: dict[str, Any]) -> SimResponse:
         intent_id = params.get("payment_intent")
         if not intent_id:
-            raise _Rejected(self._fail(400, "Missing payment_intent.", param="payment_intent"))
+            raise Rejected(self._fail(400, "Missing payment_intent.", param="payment_intent"))
         intent = self._find(intent_id, param="payment_intent")
         data = intent.data
         charge = data["latest_charge"]
@@ -349,10 +316,10 @@ class PaymentsSimulator(HttpSimulator):
         metadata = params.get("metadata", {})
         if not isinstance(metadata, dict):
             message = "metadata takes bracket notation (metadata[k]=v)."
-            raise _Rejected(self._fail(400, message, code="parameter_invalid_string"))
+            raise Rejected(self._fail(400, message, code="parameter_invalid_string"))
         intent.refunded += amount
         refund = {
-            "id": _new_id("re"),
+            "id": new_id("re"),
             "object": "refund",
             "amount": amount,
             "currency": data["currency"],
@@ -370,82 +337,17 @@ class PaymentsSimulator(HttpSimulator):
     def _retrieve(self, intent_id: str) -> SimResponse:
         try:
             return self._ok(self._find(intent_id).data)
-        except _Rejected as rejected:
+        except Rejected as rejected:
             return rejected.response
-
-    def _search(self, query: dict[str, str]) -> SimResponse:
-        try:
-            tests = _parse_query(query.get("query", ""))
-            limit = _limit(query)
-            start = int(query.get("page") or 0)
-        except ValueError as exc:
-            return self._fail(400, f"Invalid search query: {exc}", param="query")
-        indexed_before = self.clock() - self.search_lag
-        hits = [
-            i.data
-            for i in self._newest_first()
-            if i.created_at <= indexed_before and all(_holds(i.data, c) for c in tests)
-        ]
-        page = hits[start : start + limit]
-        more = start + limit < len(hits)
-        return self._ok(
-            {
-                "object": "search_result",
-                "url": "/v1/payment_intents/search",
-                "data": page,
-                "has_more": more,
-                "next_page": str(start + limit) if more else None,
-            }
-        )
-
-    def _list_intents(self, query: dict[str, str]) -> SimResponse:
-        # Named as the operator module names them: created[gte] is operator.ge.
-        ops = {"gt": "gt", "gte": "ge", "lt": "lt", "lte": "le"}
-        bounds = {ops[op]: query.get(f"created[{op}]") for op in ops}
-        try:
-            limits = {op: int(v) for op, v in bounds.items() if v is not None}
-        except ValueError:
-            return self._fail(400, "Invalid integer for created.", param="created")
-        found = [
-            i.data
-            for i in self._newest_first()
-            if all(getattr(operator, op)(i.data["created"], v) for op, v in limits.items())
-        ]
-        return self._page(found, query, "/v1/payment_intents")
-
-    def _list_refunds(self, query: dict[str, str]) -> SimResponse:
-        wanted = query.get("payment_intent")
-        found = [
-            r
-            for r in reversed(self._refunds.values())
-            if wanted is None or r["payment_intent"] == wanted
-        ]
-        return self._page(found, query, "/v1/refunds")
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _page(self, items: list[dict[str, Any]], query: dict[str, str], url: str) -> SimResponse:
-        try:
-            limit = _limit(query)
-        except ValueError as exc:
-            return self._fail(400, str(exc), param="limit")
-        after = query.get("starting_after")
-        if after:
-            ids = [item["id"] for item in items]
-            items = items[ids.index(after) + 1 :] if after in ids else []
-        return self._ok(
-            {"object": "list", "url": url, "data": items[:limit], "has_more": len(items) > limit}
-        )
-
-    def _newest_first(self) -> list[_Intent]:
-        return list(reversed(self._intents.values()))
-
-    def _find(self, intent_id: str, param: str | None = None) -> _Intent:
+    def _find(self, intent_id: str, param: str | None = None) -> Intent:
         intent = self._intents.get(intent_id)
         if intent is None:
             message = f"No such payment_intent: '{intent_id}'"
             status = 400 if param else 404
-            raise _Rejected(self._fail(status, message, code="resource_missing", param=param))
+            raise Rejected(self._fail(status, message, code="resource_missing", param=param))
         return intent
 
     def _unexpected_state(self, data: dict[str, Any], action: str) -> SimResponse:
@@ -457,39 +359,6 @@ class PaymentsSimulator(HttpSimulator):
     def _record(self, operation: str, data: dict[str, Any], amount: int, **detail: Any) -> None:
         key = data["metadata"].get("sagaledger_key")
         self.ledger.record(Effect(operation, data["id"], key, amount, data["currency"], detail))
-
-    def _ok(self, body: dict[str, Any]) -> SimResponse:
-        return SimResponse(200, copy.deepcopy(body), {"Request-Id": _new_id("req")})
-
-    def _fail(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        **extra: Any,
-    ) -> SimResponse:
-        return stripe_error(status, message, type, code, **extra)
-
-
-def stripe_error(
-    status: int,
-    message: str,
-    type: str = "invalid_request_error",
-    code: str | None = None,
-    **extra: Any,
-) -> SimResponse:
-    """An error in Stripe's shape: ``{"error": {"type", "code", "message", ...}}``."""
-    error = {"type": type, "message": message}
-    if code is not None:
-        error["code"] = code
-    error.update({k: v for k, v in extra.items() if v is not None})
-    return SimResponse(status, {"error": error}, {"Request-Id": _new_id("req")})
-
-
-def _new_id(prefix: str) -> str:
-    # A counter keeps ids ordered and unique; the random tail makes them look like Stripe's.
-    return f"{prefix}_{next(_ids):06d}{secrets.token_hex(6)}"
 
 
 def _nested(flat: dict[str, str]) -> dict[str, Any]:
@@ -511,45 +380,8 @@ def _amount(value: Any, param: str, required: bool = False) -> int:
         return 0
     if value is None:
         message = f"Missing required param: {param}."
-        raise _Rejected(stripe_error(400, message, code="parameter_missing", param=param))
+        raise Rejected(stripe_error(400, message, code="parameter_missing", param=param))
     if not str(value).isdigit() or int(value) <= 0:
         message = f"Invalid positive integer: {param}."
-        raise _Rejected(stripe_error(400, message, code="parameter_invalid_integer", param=param))
+        raise Rejected(stripe_error(400, message, code="parameter_invalid_integer", param=param))
     return int(value)
-
-
-def _limit(query: dict[str, str]) -> int:
-    limit = int(query.get("limit") or 10)
-    if not 1 <= limit <= 100:
-        raise ValueError("limit must be between 1 and 100")
-    return limit
-
-
-#: A search clause: the metadata key (or top-level field) it reads, and the value it wants.
-_Clause = tuple[bool, str, str]
-
-
-def _parse_query(query: str) -> list[_Clause]:
-    """Clauses of Stripe's search language that the simulator knows, joined by AND."""
-    if not query.strip():
-        raise ValueError("the query is empty")
-    clauses: list[_Clause] = []
-    for text in re.split(r"\s+AND\s+", query):
-        match = _CLAUSE.match(text)
-        if match is None:
-            raise ValueError(f"cannot read {text!r}")
-        value = re.sub(r"\\(.)", r"\1", match["v"][1:-1])
-        meta, field = match["meta"], match["field"]
-        if meta is not None:
-            clauses.append((True, meta, value))
-        elif field in ("status", "currency", "customer"):
-            clauses.append((False, field, value))
-        else:
-            raise ValueError(f"the simulator cannot search {field!r}")
-    return clauses
-
-
-def _holds(data: dict[str, Any], clause: _Clause) -> bool:
-    in_metadata, name, value = clause
-    found = data["metadata"].get(name) if in_metadata else data.get(name)
-    return bool(found == value)
