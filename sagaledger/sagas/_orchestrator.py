@@ -215,7 +215,9 @@ class Orchestrator:
             "lease_owner": None,
             "lease_token": 0,
             "wake_at": now,
-            "dispatched_at": now,
+            # Without a dispatcher no message goes out: the next recovery pass of any
+            # worker takes the run, instead of waiting out the dispatch grace.
+            "dispatched_at": now if self._dispatcher is not None else None,
             "blocked_reason": None,
             "last_error": None,
         }

@@ -343,7 +343,9 @@ def test_a_crash_mid_compensation_resumes_the_unwind(store_url: str, ledger: str
     h.close()
 
 
-def test_a_step_that_kills_every_worker_runs_out_of_attempts(store_url: str, ledger: str) -> None:
+def test_a_step_that_kills_every_worker_runs_out_of_attempts_and_parks(
+    store_url: str, ledger: str
+) -> None:
     class AlwaysCrash(Hooks):
         def before_action(self, call: ActionCall) -> None:
             if call.step == "create_erp_order" and call.phase is Phase.FORWARD:
@@ -359,9 +361,16 @@ def test_a_step_that_kills_every_worker_runs_out_of_attempts(store_url: str, led
             break
         except SimulatedCrash:
             h.advance(timedelta(seconds=6))
-    assert h.status(run.id) is RunStatus.COMPENSATED
+    # Each lost attempt may have created the order, and the step has no probe to
+    # ask: undoing the rest while the order may exist is for a person to decide.
+    parked = h.log.get_run(run.id)
+    assert parked.status is RunStatus.PARKED
+    assert parked.blocked_reason is not None
+    assert "'create_erp_order'" in parked.blocked_reason
+    assert "outcome is unknown and it has no probe" in parked.blocked_reason
     abandoned = [e.attempt for e in h.events(run.id) if e.type is EventType.ATTEMPT_ABANDONED]
     assert abandoned == [1, 2, 3, 4]
+    assert not any(e.type is EventType.COMPENSATION_STARTED for e in h.events(run.id))
     h.close()
 
 
@@ -571,3 +580,18 @@ def test_a_message_for_a_reshaped_definition_is_refused_visibly(
     stored = harness.log.get_run(run.id)
     assert "differs here" in (stored.blocked_reason or "")
     assert stored.lease_token == 0 and ledger_app.calls(ledger) == []
+
+
+def test_a_run_started_without_a_broker_is_taken_by_the_next_recovery_pass(
+    harness: SagaHarness, ledger: str
+) -> None:
+    # Given a process that only starts runs: no dispatcher, so no message goes out
+    starter = Orchestrator(harness.log, Registry([order_saga]), clock=harness.clock)
+    run = starter.start(order_saga, order(ledger))
+    assert harness.log.get_run(run.id).dispatched_at is None
+
+    # When a worker's recovery pass runs, at once (the dispatch grace is 10 s)
+    harness.run_until_idle()
+
+    # Then it drove the run, without waiting for a message that was never sent
+    assert harness.status(run.id) is RunStatus.COMPLETED
