@@ -373,11 +373,13 @@ def _crash_hook(spec: str, registry: Registry) -> CrashAt:
 def demo(store: str | None) -> None:
     """Crash a worker mid-saga, resume the run, and compensate a late failure.
 
-    Starts a worker process that SIGKILLs itself after charging a card, resumes
-    the run in this process (the charge is not applied twice), then runs an
-    order the ERP refuses, whose charge and reservation are undone in reverse.
-    The runs go to the same store as every other command; the demo's ledger is
-    a SQLite file next to it.
+    Starts the payments, ERP and email simulators on loopback and a worker
+    process that SIGKILLs itself after charging a card; resumes the run in this
+    process (the charge is not made twice), then runs an order whose
+    confirmation email is refused, whose sales order, charge and reservation are
+    undone in reverse. The runs go to the same store as every other command;
+    the simulators' ledgers are written next to it, to
+    sagaledger-demo-ledgers.json.
     """
     from sagaledger.demo._scenario import run_demo
 

@@ -1,51 +1,73 @@
-"""The demo app: an order-fulfilment saga doing real, recorded work on a local ledger.
+"""The demo app: an order-fulfilment saga on the real connectors, against local simulators.
 
-``sagaledger demo`` runs it end to end; ``sagaledger worker --app
-sagaledger.demo:registry`` runs it in a worker of your own. The ledger (a SQLite
-file, see :class:`Ledger`) stands in for the payment, ERP and email systems
-until real connectors replace it.
+The saga reserves stock in a NetSuite-style ERP, charges the card through a
+Stripe-style payments API, creates the ERP sales order and emails the
+confirmation through a Resend-style API; on a late failure it cancels the
+order, refunds the charge and releases the stock, in reverse.
+
+``sagaledger demo`` runs it end to end against a
+:class:`~sagaledger.connectors.simulators.SimulatorSuite` it starts on loopback,
+and writes the simulators' ledgers to :data:`LEDGERS_FILE` next to the saga log.
+``sagaledger worker --app sagaledger.demo:registry`` runs it in a worker of your
+own, given the simulators' endpoints in ``SAGALEDGER_SIMULATORS`` (the line
+``sagaledger simulators`` prints).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 
-from sagaledger.demo._ledger import LEDGER_FILE, Call, Effect, Ledger, ledger_for_store
+from sagaledger.connectors.simulators import Endpoints, LocalConnectors
+from sagaledger.demo._effects import LEDGERS_FILE
 from sagaledger.demo._saga import (
-    DISCONTINUED_PREFIX,
     SAGA_NAME,
+    Charge,
+    Confirmation,
+    ErpOrder,
     Order,
+    Reservation,
     build_registry,
     build_saga,
+    charge_card,
 )
+
+_connectors_lock = threading.Lock()
+
+
+def default_connectors() -> LocalConnectors:
+    """Connectors for the simulators ``SAGALEDGER_SIMULATORS`` names, made once per process.
+
+    The demo app is an entry point, like the CLI that loads it: a worker process
+    learns where the simulators are from its environment, as it learns its store.
+
+    Raises:
+        LookupError: ``SAGALEDGER_SIMULATORS`` is missing or unreadable.
+    """
+    # Worker threads may ask at the same time; only one set of clients is made.
+    with _connectors_lock:
+        return _connectors_from_env()
 
 
 @functools.cache
-def default_ledger() -> Ledger:
-    """The ledger next to the store this process's settings name (``SAGALEDGER_STORE``).
-
-    The demo app is an entry point, like the CLI that loads it: a worker process
-    finds the ledger from the same settings that told it which saga log to use.
-    """
-    from sagaledger._settings import Settings
-
-    return Ledger(ledger_for_store(Settings().store))
+def _connectors_from_env() -> LocalConnectors:
+    return LocalConnectors.for_endpoints(Endpoints.from_env())
 
 
 #: What ``sagaledger worker --app sagaledger.demo:registry`` loads.
-registry = build_registry(default_ledger)
+registry = build_registry(default_connectors)
 
 __all__ = [
-    "DISCONTINUED_PREFIX",
-    "LEDGER_FILE",
+    "LEDGERS_FILE",
     "SAGA_NAME",
-    "Call",
-    "Effect",
-    "Ledger",
+    "Charge",
+    "Confirmation",
+    "ErpOrder",
     "Order",
+    "Reservation",
     "build_registry",
     "build_saga",
-    "default_ledger",
-    "ledger_for_store",
+    "charge_card",
+    "default_connectors",
     "registry",
 ]

@@ -1,22 +1,28 @@
-"""The demo's order-fulfilment saga: reserve, charge, create the ERP order, confirm.
+"""The demo's order-fulfilment saga: reserve in the ERP, charge the card, create the order, confirm.
 
-Each step does its work on a :class:`~sagaledger.demo.Ledger` under the step's
-idempotency key, so a step re-run after a crash is recorded as a second call
-that applies nothing. An order whose SKU starts with ``DISCONTINUED`` is refused
-by the "ERP" (a late, permanent failure), which makes the run compensate.
+Every step calls a real connector (NetSuite-style ERP, Stripe-style payments, a
+Resend-style email API) with its idempotency key, and pairs the key with a
+probe that asks the remote system whether an earlier attempt already landed.
+In the demo those systems are the simulators of
+:class:`~sagaledger.connectors.simulators.SimulatorSuite`.
+
+The confirmation goes through the HTTP email API, not SMTP: the API sends once
+per key and can be asked whether a key's email went out, so a worker that dies
+after sending does not email the customer twice. SMTP can promise at least
+once at best, and has no probe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sagaledger import (
     CompensationContext,
-    PermanentError,
     Registry,
     RetryPolicy,
     RetrySafety,
@@ -24,14 +30,16 @@ from sagaledger import (
     StepContext,
     step,
 )
-from sagaledger.demo._ledger import Ledger
+from sagaledger.connectors.erp import NewSalesOrder, OrderLine, RecordRef, external_id
+from sagaledger.connectors.payments import Payment, StripePayments
+from sagaledger.connectors.simulators import LocalConnectors
 
 #: The saga's stable name, as stored in the log.
 SAGA_NAME = "order_fulfilment"
-#: SKUs with this prefix are refused by the ERP step.
-DISCONTINUED_PREFIX = "DISCONTINUED"
+#: Who the confirmation comes from.
+SHOP_SENDER = "Sagaledger demo shop <orders@shop.example>"
 
-#: Quick retries: the demo has no slow remote systems to be patient with.
+#: Quick retries: the simulators answer in milliseconds.
 _RETRY = RetryPolicy(max_attempts=3, initial_backoff=timedelta(milliseconds=200))
 
 
@@ -39,101 +47,213 @@ class Order(BaseModel):
     """The input of an order-fulfilment run."""
 
     order_id: str = Field(min_length=1)
-    customer: str = Field(min_length=1)
+    customer: str = Field(min_length=1, description="The customer's id in the ERP.")
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
     sku: str = Field(min_length=1)
     quantity: int = Field(ge=1)
-    amount_cents: int = Field(ge=1)
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
-    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    unit_price_cents: int = Field(ge=1)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    payment_method: str = Field(default="pm_card_visa", min_length=1)
+
+    @property
+    def amount_cents(self) -> int:
+        """What the customer pays, in minor units."""
+        return self.unit_price_cents * self.quantity
 
 
-def build_saga(ledger: Callable[[], Ledger]) -> Saga:
-    """Build the order-fulfilment saga (version 1) on the ledger ``ledger()`` returns.
+class Reservation(BaseModel):
+    """What ``reserve_inventory`` records: the ERP's reservation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reservation_id: str
+    sku: str
+    quantity: int
+
+
+class Charge(BaseModel):
+    """What ``charge_payment`` records: the PaymentIntent and the money it took."""
+
+    model_config = ConfigDict(frozen=True)
+
+    payment_intent: str
+    amount: int
+    currency: str
+
+    @classmethod
+    def of(cls, payment: Payment) -> Charge:
+        # What was received, not what was asked: the refund must give back exactly that.
+        return cls(
+            payment_intent=payment.id, amount=payment.amount_received, currency=payment.currency
+        )
+
+
+class ErpOrder(BaseModel):
+    """What ``create_erp_order`` records: the ERP's sales order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sales_order_id: str
+
+
+class Confirmation(BaseModel):
+    """What ``send_confirmation`` records: the email API's id of the message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    email_id: str
+
+
+def charge_card(payments: StripePayments, order: Order, idempotency_key: str) -> Payment:
+    """Send the charge ``charge_payment`` sends: the same request on every retry of the step.
+
+    Stripe replays its first answer only to a request with the same key *and*
+    the same parameters, so nothing here may vary between attempts.
+    """
+    return payments.create_payment(
+        amount=order.amount_cents,
+        currency=order.currency,
+        payment_method=order.payment_method,
+        idempotency_key=idempotency_key,
+        metadata={"order_id": order.order_id},
+        description=f"order {order.order_id}",
+    )
+
+
+def build_saga(connectors: Callable[[], LocalConnectors]) -> Saga:
+    """Build the order-fulfilment saga (version 2) on the connectors ``connectors()`` returns.
 
     Args:
-        ledger: Returns the ledger to work on; called at each step, so the
-            ledger's location can be decided after the saga is imported.
+        connectors: Returns the connectors to call; called at each step, so that
+            they are made in the process that runs the steps, when first needed.
     """
+    keyed = RetrySafety.IDEMPOTENCY_KEY
 
-    def apply(
-        ctx: StepContext[Order] | CompensationContext[Order], kind: str, **detail: Any
-    ) -> str:
-        phase = "forward" if isinstance(ctx, StepContext) else "compensate"
-        effect = ledger().apply(
-            key=ctx.idempotency_key,
-            kind=kind,
-            order_id=ctx.input.order_id,
-            step=ctx.step,
-            phase=phase,
-            attempt=ctx.attempt,
-            detail=detail,
-        )
-        return effect.ref
+    def record_id(ctx: StepContext[Order]) -> str:
+        # Short and plain, the step's key is its own externalId: NetSuite users see the run.
+        return external_id(ctx.idempotency_key)
+
+    # -- reserve_inventory ------------------------------------------------------
+
+    def reserved(ref: RecordRef, order: Order) -> Reservation:
+        return Reservation(reservation_id=ref.id, sku=order.sku, quantity=order.quantity)
+
+    def find_reservation(ctx: StepContext[Order]) -> Reservation | None:
+        ref = connectors().erp.find_reservation(record_id(ctx))
+        return None if ref is None else reserved(ref, ctx.input)
 
     def release(ctx: CompensationContext[Order]) -> dict[str, str]:
-        reservation = ctx.output["reservation_id"]
-        return {"release_id": apply(ctx, "release", reservation_id=reservation)}
+        reservation = ctx.output_as(Reservation)
+        connectors().erp.release(reservation.reservation_id)
+        return {"released": reservation.reservation_id}
 
-    def refund(ctx: CompensationContext[Order]) -> dict[str, str]:
-        charge = ctx.output["charge_id"]
-        amount = ctx.output["amount_cents"]
-        return {"refund_id": apply(ctx, "refund", charge_id=charge, amount_cents=amount)}
-
-    def cancel_order(ctx: CompensationContext[Order]) -> dict[str, str]:
-        erp_order = ctx.output["erp_order_id"]
-        return {"cancellation_id": apply(ctx, "erp_cancellation", erp_order_id=erp_order)}
-
-    common: dict[str, Any] = {
-        "retry_safety": RetrySafety.IDEMPOTENCY_KEY,
-        "retry": _RETRY,
-        "compensation_retry": _RETRY,
-    }
-
-    @step(compensate=release, **common)
-    def reserve_inventory(ctx: StepContext[Order]) -> dict[str, Any]:
+    @step(
+        compensate=release,
+        retry_safety=keyed.with_probe(find_reservation),
+        retry=_RETRY,
+        compensation_retry=_RETRY,
+    )
+    def reserve_inventory(ctx: StepContext[Order]) -> Reservation:
         order = ctx.input
-        ref = apply(ctx, "reservation", sku=order.sku, quantity=order.quantity)
-        return {"reservation_id": ref, "sku": order.sku, "quantity": order.quantity}
+        ref = connectors().erp.reserve(
+            record_id(ctx), order.sku, order.quantity, memo=order.order_id
+        )
+        return reserved(ref, order)
 
-    @step(compensate=refund, **common)
-    def charge_payment(ctx: StepContext[Order]) -> dict[str, Any]:
-        order = ctx.input
-        ref = apply(ctx, "charge", amount_cents=order.amount_cents, currency=order.currency)
-        return {"charge_id": ref, "amount_cents": order.amount_cents, "currency": order.currency}
+    # -- charge_payment -----------------------------------------------------------
 
-    @step(compensate=cancel_order, **common)
-    def create_erp_order(ctx: StepContext[Order]) -> dict[str, Any]:
-        order = ctx.input
-        if order.sku.startswith(DISCONTINUED_PREFIX):
-            ledger().reject(
-                key=ctx.idempotency_key,
-                order_id=order.order_id,
-                step=ctx.step,
-                phase="forward",
-                attempt=ctx.attempt,
-            )
-            raise PermanentError(
-                f"ERP refused order {order.order_id}: sku {order.sku} is discontinued"
-            )
-        charge = ctx.output("charge_payment")["charge_id"]
-        return {"erp_order_id": apply(ctx, "erp_order", sku=order.sku, charge_id=charge)}
+    def find_charge(ctx: StepContext[Order]) -> Charge | None:
+        payment = connectors().payments.probe(ctx)
+        return None if payment is None else Charge.of(payment)
 
-    @step(no_compensation="a sent email cannot be unsent", **common)
-    def send_confirmation(ctx: StepContext[Order]) -> dict[str, Any]:
-        order = ctx.input
-        erp_order = ctx.output("create_erp_order")["erp_order_id"]
-        ref = apply(ctx, "email", to=order.email, erp_order_id=erp_order)
-        return {"message_id": ref}
+    def refund(ctx: CompensationContext[Order]) -> dict[str, Any]:
+        charge = ctx.output_as(Charge)
+        made = connectors().payments.refund(
+            charge.payment_intent,
+            idempotency_key=ctx.idempotency_key,
+            amount=charge.amount,
+            metadata={"order_id": ctx.input.order_id},
+        )
+        return {"refund": made.id, "amount": made.amount, "currency": made.currency}
+
+    @step(
+        compensate=refund,
+        retry_safety=keyed.with_probe(find_charge),
+        retry=_RETRY,
+        compensation_retry=_RETRY,
+    )
+    def charge_payment(ctx: StepContext[Order]) -> Charge:
+        return Charge.of(charge_card(connectors().payments, ctx.input, ctx.idempotency_key))
+
+    # -- create_erp_order ---------------------------------------------------------
+
+    def find_erp_order(ctx: StepContext[Order]) -> ErpOrder | None:
+        ref = connectors().erp.find_sales_order(record_id(ctx))
+        return None if ref is None else ErpOrder(sales_order_id=ref.id)
+
+    def cancel_erp_order(ctx: CompensationContext[Order]) -> dict[str, str]:
+        order = ctx.output_as(ErpOrder)
+        connectors().erp.cancel_sales_order(order.sales_order_id)
+        return {"cancelled": order.sales_order_id}
+
+    @step(
+        compensate=cancel_erp_order,
+        retry_safety=keyed.with_probe(find_erp_order),
+        retry=_RETRY,
+        compensation_retry=_RETRY,
+    )
+    def create_erp_order(ctx: StepContext[Order]) -> ErpOrder:
+        order, charge = ctx.input, ctx.output("charge_payment", Charge)
+        line = OrderLine(
+            item=order.sku,
+            quantity=order.quantity,
+            rate=Decimal(order.unit_price_cents) / 100,
+        )
+        new = NewSalesOrder(
+            customer=order.customer,
+            lines=(line,),
+            memo=f"{order.order_id}, paid by {charge.payment_intent}",
+        )
+        ref = connectors().erp.upsert_sales_order(record_id(ctx), new)
+        return ErpOrder(sales_order_id=ref.id)
+
+    # -- send_confirmation --------------------------------------------------------
+
+    def find_confirmation(ctx: StepContext[Order]) -> Confirmation | None:
+        sent = connectors().email_api.probe(ctx)
+        return None if sent is None else Confirmation(email_id=sent.message_id)
+
+    @step(
+        no_compensation="a sent email cannot be unsent",
+        retry_safety=keyed.with_probe(find_confirmation),
+        retry=_RETRY,
+    )
+    def send_confirmation(ctx: StepContext[Order]) -> Confirmation:
+        order, erp_order = ctx.input, ctx.output("create_erp_order", ErpOrder)
+        amount = Decimal(order.amount_cents) / 100
+        sent = connectors().email_api.send_email(
+            sender=SHOP_SENDER,
+            to=order.email,
+            subject=f"Your order {order.order_id}",
+            # Nothing that varies between attempts: the API refuses a key reused
+            # with another body.
+            text=(
+                f"We have your order {order.order_id}: {order.quantity} x {order.sku}, "
+                f"{amount:.2f} {order.currency} (sales order {erp_order.sales_order_id})."
+            ),
+            idempotency_key=ctx.idempotency_key,
+        )
+        return Confirmation(email_id=sent.message_id)
 
     return Saga(
         name=SAGA_NAME,
-        version=1,
+        version=2,
         input=Order,
         steps=[reserve_inventory, charge_payment, create_erp_order, send_confirmation],
         description="Reserve stock, charge the card, create the ERP order, email the customer.",
     )
 
 
-def build_registry(ledger: Callable[[], Ledger]) -> Registry:
+def build_registry(connectors: Callable[[], LocalConnectors]) -> Registry:
     """A registry holding the demo saga (see :func:`build_saga`)."""
-    return Registry([build_saga(ledger)])
+    return Registry([build_saga(connectors)])

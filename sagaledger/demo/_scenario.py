@@ -1,6 +1,9 @@
 """``sagaledger demo``: a worker dies mid-saga, another resumes it, a late failure unwinds.
 
-Every claim the demo prints is checked against the saga log and the ledger
+The saga calls the real connectors. The systems they talk to are simulators
+this process starts on loopback, so that they outlive the worker process it
+kills; that worker finds them through ``SAGALEDGER_SIMULATORS``. Every claim
+the demo prints is checked against the saga log and the simulators' ledgers
 first; a check that fails is printed in red and the demo exits with status 1.
 """
 
@@ -24,38 +27,59 @@ from sqlalchemy.exc import ArgumentError
 from sagaledger import _render
 from sagaledger._errors import StoreError
 from sagaledger._settings import DEFAULT_STORE, ENV_PREFIX
-from sagaledger.demo._ledger import Call, Effect, Ledger, ledger_for_store
-from sagaledger.demo._saga import SAGA_NAME, Order, build_registry
+from sagaledger.connectors.simulators import (
+    Fault,
+    FaultKind,
+    LocalConnectors,
+    SimulatorSuite,
+)
+from sagaledger.demo import _checks as checks
+from sagaledger.demo._checks import DemoFailed
+from sagaledger.demo._effects import (
+    ledgers_path,
+    ledgers_view,
+    money,
+    money_of,
+    short_key,
+    write_ledgers,
+)
+from sagaledger.demo._saga import SAGA_NAME, Order, build_registry, charge_card
 from sagaledger.sagas import EmbeddedWorker, Orchestrator
-from sagaledger.store import EventRecord, EventType, Phase, RunRecord, RunStatus, SagaLog
+from sagaledger.store import RunRecord, SagaLog
 
 #: Short timings, so that a crashed worker's run is taken over within seconds.
 LEASE = timedelta(seconds=2)
 RECOVERY_INTERVAL = timedelta(milliseconds=200)
 #: How long any one phase of the demo may take before it is declared stuck.
 PHASE_TIMEOUT = 30.0
-
+#: Where the worker process kills itself: the charge made, its outcome not checkpointed.
 CRASH_SPEC = "charge_payment:after_action"
-
-
-class DemoFailed(Exception):
-    """Something the demo promised did not happen."""
+#: Seconds the 429 injected on the second order's charge asks to wait.
+RETRY_AFTER = 1.0
 
 
 def run_demo(store: str, console: Console) -> bool:
     """Run the demo against the saga log at ``store``; return True when every check passed.
 
+    The simulators' ledgers are written as JSON next to the log (see
+    :func:`~sagaledger.demo._effects.ledgers_path`), whether or not the checks passed.
+
     Raises:
         StoreError: the store cannot be shared with a worker process, or cannot be used.
     """
     _check_shareable(store)
-    ledger = Ledger(ledger_for_store(store))
     log = SagaLog.open(store)
     try:
-        _Demo(store, log, ledger, console).run()
-    except DemoFailed as exc:
-        console.print(Text(f"✗ {exc}", style="bold red"))
-        return False
+        with SimulatorSuite() as suite:
+            connectors = suite.connectors()
+            try:
+                _Demo(store, log, suite, connectors, console).run()
+            except DemoFailed as exc:
+                console.print(Text(f"✗ {exc}", style="bold red"))
+                return False
+            finally:
+                connectors.close()
+                write_ledgers(ledgers_path(store), suite.ledgers())
     finally:
         log.close()
     return True
@@ -73,48 +97,60 @@ def _check_shareable(store: str) -> None:
 
 
 def _orders() -> tuple[Order, Order]:
-    # Fresh business keys on every invocation, so the demo can be run again and again.
+    # Fresh business keys on every invocation, so the demo can be run again and again;
+    # items the simulated ERP stocks by default, as under `sagaledger simulators`.
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     fine = Order(
         order_id=f"ORD-{stamp}-A",
-        customer="Ada Lovelace",
-        sku="BOOK-NOTES-ON-THE-ENGINE",
-        quantity=2,
-        amount_cents=4_200,
-        currency="EUR",
+        customer="CUST-ADA",
         email="ada@example.com",
+        sku="WIDGET-1",
+        quantity=2,
+        unit_price_cents=2_100,
     )
     doomed = Order(
         order_id=f"ORD-{stamp}-B",
-        customer="Charles Babbage",
-        sku="DISCONTINUED-DIFFERENCE-ENGINE",
-        quantity=1,
-        amount_cents=99_900,
-        currency="GBP",
+        customer="CUST-BABBAGE",
         email="charles@example.com",
+        sku="GIZMO-3",
+        quantity=1,
+        unit_price_cents=99_900,
     )
     return fine, doomed
 
 
 class _Demo:
-    def __init__(self, store: str, log: SagaLog, ledger: Ledger, console: Console):
-        self.store, self.log, self.ledger, self.console = store, log, ledger, console
+    def __init__(
+        self,
+        store: str,
+        log: SagaLog,
+        suite: SimulatorSuite,
+        connectors: LocalConnectors,
+        console: Console,
+    ):
+        self.store, self.log, self.suite, self.console = store, log, suite, console
+        self.connectors = connectors
         self.orchestrator = Orchestrator(
             log,
-            build_registry(lambda: ledger),
+            build_registry(lambda: connectors),
             lease=LEASE,
             dispatch_grace=timedelta(seconds=1),
         )
         self.fine, self.doomed = _orders()
 
     def run(self) -> None:
-        c = self.console
-        c.print(
+        sims = self.suite.endpoints
+        self.console.print(
             Panel(
-                "An order saga: reserve_inventory → charge_payment → create_erp_order → "
-                "send_confirmation.\nEach step does its work on a ledger under a deterministic "
-                "idempotency key.\n"
-                f"saga log: {_render.display_url(self.store)}\nledger:   {self.ledger.path}",
+                "An order saga on the real connectors: reserve_inventory (ERP) → "
+                "charge_payment (payments) → create_erp_order (ERP) → send_confirmation "
+                "(email API).\nEvery call carries the step's idempotency key; every step has "
+                "a probe that asks the remote system whether an earlier attempt landed.\n"
+                f"payments  {sims.payments_url}  (Stripe-style simulator)\n"
+                f"ERP       {sims.erp_url}  (NetSuite-style simulator)\n"
+                f"email     {sims.email_api_url}  (Resend-style simulator)\n"
+                f"saga log  {_render.display_url(self.store)}\n"
+                f"ledgers   {ledgers_path(self.store)} (written at the end)",
                 title="sagaledger demo",
                 title_align="left",
             )
@@ -124,23 +160,17 @@ class _Demo:
         self.show_records([resumed, compensated])
         self.finish(resumed)
 
-    # -- (a) -----------------------------------------------------------------------
+    # -- 1 ------------------------------------------------------------------------
 
     def crash_a_worker(self) -> RunRecord:
         c = self.console
         c.rule("[bold]1 · a worker process dies mid-saga")
-        command = [
-            sys.executable,
-            "-m",
-            "sagaledger",
-            "worker",
-            "--app",
-            "sagaledger.demo:registry",
-            "--crash-at",
-            CRASH_SPEC,
-        ]
+        app = "sagaledger.demo:registry"
+        command = [sys.executable, "-m", "sagaledger", "worker", "--app", app]
+        command += ["--crash-at", CRASH_SPEC]
         env = {
             **os.environ,
+            **self.suite.endpoints.to_env(),
             f"{ENV_PREFIX}STORE": self.store,
             f"{ENV_PREFIX}LEASE_SECONDS": str(LEASE.total_seconds()),
             f"{ENV_PREFIX}RECOVERY_INTERVAL_SECONDS": str(RECOVERY_INTERVAL.total_seconds()),
@@ -148,12 +178,7 @@ class _Demo:
             f"{ENV_PREFIX}DISPATCH_GRACE_SECONDS": "0",
             f"{ENV_PREFIX}THREADS": "1",
         }
-        c.print(
-            Text(
-                "$ sagaledger worker --app sagaledger.demo:registry --crash-at " + CRASH_SPEC,
-                style="dim",
-            )
-        )
+        c.print(Text(f"$ sagaledger worker --app {app} --crash-at {CRASH_SPEC}", style="dim"))
         child = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -188,176 +213,112 @@ class _Demo:
             "charge_payment's effect, before its checkpoint"
         )
         run = self.log.get_run(run.id)
-        events = self.log.events(run.id)
-        done = [e.step for e in events if e.type is EventType.STEP_COMPLETED]
-        charges = self._effects(self.fine, "charge")
-        if (
-            run.status is not RunStatus.RUNNING
-            or done != ["reserve_inventory"]
-            or len(charges) != 1
-        ):
-            raise DemoFailed(
-                f"unexpected state after the crash: {run.status.value}, completed {done}"
-            )
+        charge = checks.crashed(self._evidence(run))
         grid = _grid()
         grid.add_row("run", f"{run.id[:8]} {_render.status_text(run.status).markup}")
         grid.add_row("checkpointed", "reserve_inventory")
-        grid.add_row(
-            "in flight",
-            f"{run.step}, attempt {run.attempt} (no outcome recorded)",
-        )
+        grid.add_row("in flight", f"{run.step}, attempt {run.attempt} (no outcome recorded)")
         grid.add_row("lease", f"held by dead {run.lease_owner}, expires {_clock(run.wake_at)}")
-        grid.add_row("ledger", f"charge {charges[0].ref} applied, but the log does not know it")
+        grid.add_row(
+            "payments",
+            f"charge {charge.ref} of {money_of(charge)} under key {short_key(charge.key)}, "
+            "but the log does not know it",
+        )
         c.print(Panel(grid, title="where the run stood", title_align="left", expand=False))
         return run
 
-    # -- (b) and (c) ------------------------------------------------------------------
+    # -- 2 and 3 ------------------------------------------------------------------
 
     def resume_and_compensate(self, crashed: RunRecord) -> tuple[RunRecord, RunRecord]:
-        c = self.console
-        c.rule("[bold]2 · a fresh worker resumes from the checkpoint")
-        c.print(
-            f"started an in-process worker (pid {os.getpid()}); waiting for the dead "
-            f"worker's lease ({LEASE.seconds}s) to expire"
+        self.console.rule("[bold]2 · a fresh worker resumes from the checkpoint")
+        self.console.print(
+            f"started an in-process worker (pid {os.getpid()}); it takes the run over once "
+            f"the dead worker's lease ({LEASE.seconds}s) expires or its process is seen gone"
         )
         worker = EmbeddedWorker(self.orchestrator, threads=2, recovery_interval=RECOVERY_INTERVAL)
         with worker:
             resumed = worker.wait(crashed.id, timeout=PHASE_TIMEOUT)
-            self.check_resumed(resumed)
-            c.rule("[bold]3 · a late failure is compensated in reverse")
-            run = self.orchestrator.start(
-                SAGA_NAME, self.doomed, key=self.doomed.order_id, actor="demo"
+            self._ok(*checks.resumed(self._evidence(resumed)))
+            self.replay_the_charge(resumed)
+            (erp_order,) = self._evidence(resumed).effects("erp", "order_created")
+            self._ok(
+                f"run {resumed.id[:8]} [green]completed[/]: sales order {erp_order.ref}, "
+                "one confirmation email"
             )
-            c.print(
-                f"started run [bold]{run.id[:8]}[/] for order {self.doomed.order_id}, "
-                f"sku {self.doomed.sku}"
-            )
-            compensated = worker.wait(run.id, timeout=PHASE_TIMEOUT)
-        self.check_compensated(compensated)
+            compensated = self.fail_late(worker)
         return resumed, compensated
 
-    def check_resumed(self, run: RunRecord) -> None:
-        events = self.log.events(run.id)
-        calls = self.ledger.calls([self.fine.order_id])
-        reserve_calls = [k for k in calls if k.step == "reserve_inventory"]
-        charge_calls = [k for k in calls if k.step == "charge_payment"]
-        charges = self._effects(self.fine, "charge")
-        abandoned = [e for e in events if e.type is EventType.ATTEMPT_ABANDONED]
-        _check(
-            run.status is RunStatus.COMPLETED,
-            f"run {run.id[:8]} is {run.status.value}, not completed",
-        )
-        _check(
-            len(reserve_calls) == 1 and _starts(events, "reserve_inventory") == 1,
-            "reserve_inventory ran again",
-        )
-        _check(
-            len(charge_calls) == 2
-            and len({k.key for k in charge_calls}) == 1
-            and len(charges) == 1,
-            "expected 2 charge calls with one key and 1 charge, "
-            f"got {len(charge_calls)} calls, {len(charges)} charges",
-        )
-        _check(bool(abandoned), "the crashed attempt was not recorded as abandoned")
-        first, second = charge_calls
-        self._ok(
-            f"the log recorded attempt {abandoned[0].attempt} of charge_payment as abandoned "
-            "(its lease expired)"
+    def replay_the_charge(self, run: RunRecord) -> None:
+        """Send attempt 1's charge again, as a retry without a probe would, and show the replay."""
+        ev = self._evidence(run)
+        (charge,) = ev.effects("payments", "charge")
+        again = charge_card(self.connectors.payments, self.fine, ev.charge_key)
+        charges = self._evidence(run).effects("payments", "charge")
+        checks.check(
+            again.id == charge.ref and len(charges) == 1,
+            f"the same request with the same key gave {again.id} and {len(charges)} charges",
         )
         self._ok(
-            "reserve_inventory was not re-run: it had been checkpointed (1 call in the ledger)"
+            f"the key alone would have stopped a second charge too: attempt 1's request, "
+            f"re-sent by the demo with Idempotency-Key {short_key(ev.charge_key)}, is "
+            f"replayed: {again.id} again, still one charge"
         )
-        self._ok(
-            f"charge_payment re-ran as attempt {second.attempt} (pid {second.pid}) "
-            "with the key of attempt "
-            f"{first.attempt} (pid {first.pid}); the ledger answered '{second.outcome}': "
-            f"one charge, {charges[0].ref}"
-        )
-        self._ok(f"run {run.id[:8]} [green]completed[/]")
 
-    def check_compensated(self, run: RunRecord) -> None:
-        events = self.log.events(run.id)
-        failed = [e for e in events if e.type is EventType.STEP_FAILED]
-        undone = [e.step for e in events if e.type is EventType.COMPENSATION_COMPLETED]
-        refunds, releases = (
-            self._effects(self.doomed, "refund"),
-            self._effects(self.doomed, "release"),
+    def fail_late(self, worker: EmbeddedWorker) -> RunRecord:
+        c, order = self.console, self.doomed
+        c.rule("[bold]3 · a late failure is compensated in reverse")
+        # Both faults hit the next matching request, which only this run sends.
+        self.suite.payments.inject(
+            Fault(FaultKind.RATE_LIMIT, operation="create_payment_intent", retry_after=RETRY_AFTER)
         )
-        charge, reservation = (
-            self._effects(self.doomed, "charge"),
-            self._effects(self.doomed, "reservation"),
+        self.suite.email_api.inject(Fault(FaultKind.DECLINE, operation="send"))
+        c.print(
+            f"injected: the payments service answers the next charge 429 with "
+            f"Retry-After: {RETRY_AFTER:g}; the email API refuses the next email (422)"
         )
-        _check(
-            run.status is RunStatus.COMPENSATED,
-            f"run {run.id[:8]} is {run.status.value}, not compensated",
+        run = self.orchestrator.start(SAGA_NAME, order, key=order.order_id, actor="demo")
+        c.print(
+            f"started run [bold]{run.id[:8]}[/] for order {order.order_id}: "
+            f"{order.quantity} x {order.sku}, {money(order.amount_cents, order.currency)}"
         )
-        _check(
-            len(failed) == 1 and failed[0].step == "create_erp_order" and failed[0].attempt == 1,
-            "create_erp_order did not fail once, permanently",
-        )
-        _check(undone == ["charge_payment", "reserve_inventory"], f"compensations ran as {undone}")
-        _check(
-            len(refunds) == 1 and refunds[0].detail.get("charge_id") == charge[0].ref,
-            "the refund does not name the charge",
-        )
-        _check(
-            len(releases) == 1 and releases[0].detail.get("reservation_id") == reservation[0].ref,
-            "the release does not name the reservation",
-        )
-        _check(
-            not self._effects(self.doomed, "erp_order") and not self._effects(self.doomed, "email"),
-            "leak",
-        )
-        error = failed[0].error or {}
-        self._ok("reserve_inventory and charge_payment completed")
-        self._ok(f"create_erp_order failed permanently, no retry: {error.get('message')}")
-        self._ok(
-            f"compensated in reverse: refund {refunds[0].ref} of charge {charge[0].ref}, "
-            f"then release {releases[0].ref} of reservation {reservation[0].ref}"
-        )
+        run = worker.wait(run.id, timeout=PHASE_TIMEOUT)
+        self._ok(*checks.compensated(self._evidence(run), RETRY_AFTER))
         self._ok(f"run {run.id[:8]} [yellow]compensated[/]; no confirmation email was sent")
+        return run
 
-    # -- (d) ----------------------------------------------------------------------
+    # -- 4 ------------------------------------------------------------------------
 
     def show_records(self, runs: Sequence[RunRecord]) -> None:
         c = self.console
-        c.rule("[bold]4 · what the saga log and the ledger say")
+        c.rule("[bold]4 · what the saga log and the simulators' ledgers say")
         for run in runs:
             c.print(_render.run_view(self.log.get_run(run.id), self.log.events(run.id)))
             c.print()
-        orders = [self.fine.order_id, self.doomed.order_id]
-        c.print(_effects_table(self.ledger.effects(orders), runs))
-        c.print()
-        c.print(_calls_table(self.ledger.calls(orders), runs))
+        c.print(ledgers_view(self.suite.ledgers(), runs))
 
     def finish(self, run: RunRecord) -> None:
         store = "" if self.store == DEFAULT_STORE else f" --store {_store_hint(self.store)}"
         self.console.rule()
         self.console.print(
             f"Try [bold]sagaledger runs list{store}[/] to see every run, "
-            f"and [bold]sagaledger runs show {run.id[:8]}{store}[/] for one timeline."
+            f"and [bold]sagaledger runs show {run.id[:8]}{store}[/] for one timeline; "
+            f"the ledgers, as JSON, are in {ledgers_path(self.store)}"
         )
 
     # -- helpers ------------------------------------------------------------------
 
-    def _effects(self, order: Order, kind: str) -> list[Effect]:
-        return [e for e in self.ledger.effects([order.order_id]) if e.kind == kind]
+    def _evidence(self, run: RunRecord) -> checks.Evidence:
+        """The run as the log has it now, and what the simulators saw of it."""
+        return checks.Evidence(
+            run=self.log.get_run(run.id),
+            events=self.log.events(run.id),
+            ledgers=self.suite.ledgers(),
+            payment_requests=list(self.suite.payments.requests),
+        )
 
-    def _ok(self, message: str) -> None:
-        self.console.print(f"[green]✓[/] {message}")
-
-
-def _check(condition: bool, failure: str) -> None:
-    if not condition:
-        raise DemoFailed(failure)
-
-
-def _starts(events: Sequence[EventRecord], step: str) -> int:
-    return sum(
-        1
-        for e in events
-        if e.type is EventType.ATTEMPT_STARTED and e.step == step and e.phase is Phase.FORWARD
-    )
+    def _ok(self, *messages: str) -> None:
+        for message in messages:
+            self.console.print(f"[green]✓[/] {message}")
 
 
 def _grid() -> Table:
@@ -378,40 +339,3 @@ def _store_hint(store: str) -> str:
     except ArgumentError:
         has_password = False
     return "URL" if has_password else f"'{store}'"
-
-
-def _effects_table(effects: Sequence[Effect], runs: Sequence[RunRecord]) -> Table:
-    orders = {run.business_key: run.id[:8] for run in runs}
-    table = Table(title="ledger effects (one per idempotency key)", title_justify="left", box=None)
-    for name in ("run", "kind", "ref", "pid", "detail"):
-        table.add_column(name, overflow="fold")
-    for e in effects:
-        undo = e.kind in ("release", "refund", "erp_cancellation")
-        table.add_row(
-            orders.get(e.order_id, e.order_id),
-            Text(e.kind, style="magenta" if undo else "green"),
-            e.ref,
-            str(e.pid),
-            ", ".join(f"{k}={v}" for k, v in e.detail.items()),
-        )
-    return table
-
-
-def _calls_table(calls: Sequence[Call], runs: Sequence[RunRecord]) -> Table:
-    orders = {run.business_key: run.id[:8] for run in runs}
-    table = Table(
-        title="ledger calls (every attempt, duplicates included)", title_justify="left", box=None
-    )
-    for name in ("run", "step", "phase", "att", "outcome", "pid"):
-        table.add_column(name, overflow="fold")
-    styles = {"applied": "green", "duplicate": "bold yellow", "rejected": "red"}
-    for k in calls:
-        table.add_row(
-            orders.get(k.order_id, k.order_id),
-            k.step,
-            k.phase,
-            str(k.attempt),
-            Text(k.outcome, style=styles.get(k.outcome, "")),
-            str(k.pid),
-        )
-    return table

@@ -1,7 +1,8 @@
 """The ``sagaledger`` command, run for real: ``python -m sagaledger ...`` in a temporary directory.
 
-The demo is run once per module (it takes a few seconds: a worker process is
-started and SIGKILLed); the inspection tests then read the runs it left behind.
+The demo is run once per module (it takes a few seconds: simulators and a worker
+process are started, and the worker is SIGKILLed); the inspection tests then read
+the runs it left behind, and the simulators' ledgers it wrote next to them.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sagaledger.demo import LEDGER_FILE, Ledger
+from sagaledger.demo import LEDGERS_FILE
 from sagaledger.store import head_revision
 
 
@@ -68,12 +70,38 @@ class Demo:
         (run,) = runs_json(self.cwd, "--status", status)
         return run
 
+    def events(self, run: dict[str, Any]) -> list[dict[str, Any]]:
+        shown = sagaledger(self.cwd, "runs", "show", run["id"], "--json")
+        assert shown.returncode == 0, shown.stderr
+        events: list[dict[str, Any]] = json.loads(shown.stdout)["events"]
+        return events
+
+    def effects(self, run: dict[str, Any], system: str, operation: str) -> list[dict[str, Any]]:
+        """What the ``system`` simulator applied for ``run`` by ``operation``, oldest first.
+
+        Every effect's key (or ERP external id) starts with the id of the run whose step made it.
+        """
+        ledgers = json.loads((self.cwd / LEDGERS_FILE).read_text())
+        return [
+            e
+            for e in ledgers[system]
+            if e["operation"] == operation and (e["key"] or "").startswith(run["id"] + ":")
+        ]
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
-    """The directory where ``sagaledger demo`` ran once, with its default store and ledger."""
+    """The directory where ``sagaledger demo`` ran once, with its default store and ledgers."""
     cwd = tmp_path_factory.mktemp("demo")
     return Demo(cwd, sagaledger(cwd, "demo"))
+
+
+def of(events: list[dict[str, Any]], type_: str, step: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == type_ and step in (None, e["step"])]
+
+
+def when(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp)
 
 
 # -- the demo ------------------------------------------------------------------------
@@ -86,51 +114,87 @@ def test_demo_leaves_one_completed_and_one_compensated_run(demo: Demo) -> None:
     assert (demo.cwd / "sagaledger.db").exists()
     statuses = sorted(run["status"] for run in runs_json(demo.cwd))
     assert statuses == ["compensated", "completed"]
+    # And the simulators' ledgers were printed and written next to the log
+    assert "The simulators' ledgers" in demo.result.stdout
+    assert (demo.cwd / LEDGERS_FILE).exists()
 
 
 def test_demo_crashed_order_was_charged_exactly_once(demo: Demo) -> None:
     # Given the completed run, whose first worker was SIGKILLed after the charge
     run = demo.run("completed")
-    ledger = Ledger(demo.cwd / LEDGER_FILE)
-    order_id = run["input"]["order_id"]
+    events = demo.events(run)
+    key = f"{run['id']}:charge_payment:forward"
 
-    # Then the ledger applied one charge, although charge_payment was called twice
-    charges = [e for e in ledger.effects([order_id]) if e.kind == "charge"]
-    assert len(charges) == 1
-    calls = [c for c in ledger.calls([order_id]) if c.step == "charge_payment"]
-    assert [c.attempt for c in calls] == [1, 2]
-    assert [c.outcome for c in calls] == ["applied", "duplicate"]
-    assert calls[0].key == calls[1].key
-    assert calls[0].pid != calls[1].pid  # the worker process died; the demo process resumed
+    # Then the payments simulator holds one charge, made under the step's key
+    (charge,) = demo.effects(run, "payments", "charge")
+    assert charge["key"] == key
+    assert charge["amount"] == run["input"]["unit_price_cents"] * run["input"]["quantity"]
+
+    # And the log abandoned attempt 1 and completed the step as attempt 2, whose probe
+    # found that very charge by the same key instead of charging again
+    (abandoned,) = of(events, "attempt_abandoned", "charge_payment")
+    assert abandoned["attempt"] == 1
+    (completed,) = of(events, "step_completed", "charge_payment")
+    assert completed["attempt"] == 2
+    assert completed["payload"]["via_probe"] is True
+    assert completed["payload"]["output"]["payment_intent"] == charge["ref"]
+    assert completed["payload"]["output"]["amount"] == charge["amount"]
+    # The charge landed before the crashed attempt was taken over: attempt 1 made it
+    attempts = of(events, "attempt_started", "charge_payment")
+    assert [e["attempt"] for e in attempts] == [1, 2]
+    assert when(charge["at"]) < when(abandoned["created_at"])
+    assert attempts[0]["actor"] != completed["actor"]  # another process finished the step
+
     # And reserve_inventory, checkpointed before the crash, was not re-run
-    assert [c.attempt for c in ledger.calls([order_id]) if c.step == "reserve_inventory"] == [1]
-
-    # And the log recorded the lost attempt and the resumed one
-    shown = sagaledger(demo.cwd, "runs", "show", run["id"], "--json")
-    assert shown.returncode == 0, shown.stderr
-    events = json.loads(shown.stdout)["events"]
-    charge = [(e["type"], e["attempt"]) for e in events if e["step"] == "charge_payment"]
-    assert ("attempt_abandoned", 1) in charge
-    assert ("step_completed", 2) in charge
+    assert [e["attempt"] for e in of(events, "attempt_started", "reserve_inventory")] == [1]
+    assert len(demo.effects(run, "erp", "reserve")) == 1
+    # And the run went on to one sales order and one confirmation email
+    assert len(demo.effects(run, "erp", "order_created")) == 1
+    assert len(demo.effects(run, "email_api", "email_sent")) == 1
     assert events[-1]["type"] == "run_completed"
 
 
-def test_demo_late_failure_was_refunded_and_released(demo: Demo) -> None:
-    # Given the compensated run, whose create_erp_order failed permanently
+def test_demo_late_failure_was_compensated_in_reverse(demo: Demo) -> None:
+    # Given the compensated run, whose confirmation email was refused
     run = demo.run("compensated")
-    ledger = Ledger(demo.cwd / LEDGER_FILE)
-    effects = {e.kind: e for e in ledger.effects([run["input"]["order_id"]])}
+    events = demo.events(run)
+    (charge,) = demo.effects(run, "payments", "charge")
+    (refund,) = demo.effects(run, "payments", "refund")
+    (order,) = demo.effects(run, "erp", "order_created")
+    (cancelled,) = demo.effects(run, "erp", "order_cancelled")
+    (reserved,) = demo.effects(run, "erp", "reserve")
+    (released,) = demo.effects(run, "erp", "release")
 
-    # Then the charge was refunded and the reservation released, and nothing after the failure ran
-    assert set(effects) == {"reservation", "charge", "refund", "release"}
-    assert effects["refund"].detail["charge_id"] == effects["charge"].ref
-    assert effects["release"].detail["reservation_id"] == effects["reservation"].ref
+    # Then the refund gave back exactly the charge, and the order and reservation were undone
+    assert refund["amount"] == charge["amount"]
+    assert refund["detail"]["payment_intent"] == charge["ref"]
+    assert cancelled["ref"] == order["ref"]
+    assert released["ref"] == reserved["ref"]
+    # And the ledgers show the compensations in reverse order of the steps
+    assert when(cancelled["at"]) < when(refund["at"]) < when(released["at"])
+    # And no confirmation email went out
+    assert demo.effects(run, "email_api", "email_sent") == []
 
-    # And the log shows the compensations in reverse completion order
-    shown = sagaledger(demo.cwd, "runs", "show", run["id"], "--json")
-    events = json.loads(shown.stdout)["events"]
-    undone = [e["step"] for e in events if e["type"] == "compensation_completed"]
-    assert undone == ["charge_payment", "reserve_inventory"]
+    # And the log shows the failure, and the compensations in reverse completion order
+    (failed,) = of(events, "step_failed")
+    assert (failed["step"], failed["attempt"]) == ("send_confirmation", 1)
+    undone = [e["step"] for e in of(events, "compensation_completed")]
+    assert undone == ["create_erp_order", "charge_payment", "reserve_inventory"]
+
+
+def test_demo_rate_limited_charge_waited_without_using_an_attempt(demo: Demo) -> None:
+    # Given the compensated run, whose charge was first answered 429 with Retry-After
+    run = demo.run("compensated")
+    events = demo.events(run)
+
+    # Then the log deferred attempt 1 and completed it on its retry: no attempt used up
+    (deferred,) = of(events, "step_deferred", "charge_payment")
+    assert deferred["attempt"] == 1
+    assert deferred["error"]["type"].endswith("RateLimitedError")
+    (completed,) = of(events, "step_completed", "charge_payment")
+    assert completed["attempt"] == 1
+    # And the retry charged once
+    assert len(demo.effects(run, "payments", "charge")) == 1
 
 
 def test_demo_runs_again_with_fresh_business_keys(demo: Demo, tmp_path: Path) -> None:
@@ -146,6 +210,10 @@ def test_demo_runs_again_with_fresh_business_keys(demo: Demo, tmp_path: Path) ->
     runs = runs_json(again)
     assert sorted(r["status"] for r in runs) == ["compensated"] * 2 + ["completed"] * 2
     assert len({r["business_key"] for r in runs}) == 4
+    # And its ledgers file is its own simulators': they started empty
+    ours = {r["id"] for r in runs} - {r["id"] for r in runs_json(demo.cwd)}
+    ledgers = json.loads((again / LEDGERS_FILE).read_text())
+    assert {e["key"].split(":")[0] for e in ledgers["payments"]} == ours
 
 
 def test_demo_refuses_an_in_memory_store(tmp_path: Path) -> None:
@@ -278,7 +346,7 @@ def test_worker_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     try:
         while "ready" not in (line := lines.get(timeout=60)):
             pass
-        assert "order_fulfilment v1" in line
+        assert "order_fulfilment v2" in line
 
         # When it is sent SIGTERM
         worker.send_signal(signal.SIGTERM)
