@@ -27,4 +27,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/engine.py
 
 clean:
-	rm -rf $(VENV) sagaledger.db* sagaledger-demo-ledger.db*
+	rm -rf $(VENV) sagaledger.db* sagaledger-demo-ledgers.json

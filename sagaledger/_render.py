@@ -148,6 +148,8 @@ def event_summary(event: EventRecord, width: int = 90) -> str:
         outcome = p.get("outcome", "")
         then = f"retry at {_clock(p.get('retry_at'))}" if outcome == "retry" else str(outcome)
         text = f"{error_summary(event.error)} -> {then}"
+    elif kind is EventType.STEP_DEFERRED:
+        text = f"deferred until {_clock(p.get('until'))}: {p.get('reason', '')}"
     elif kind is EventType.RUN_COMPENSATED:
         text = "every compensation ran; the run is closed"
     elif kind in (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -253,6 +254,20 @@ def test_runs_show_accepts_an_id_prefix(demo: Demo) -> None:
         assert word in result.stdout
     for step in ("reserve_inventory", "charge_payment", "create_erp_order", "send_confirmation"):
         assert step in result.stdout
+
+
+def test_runs_show_says_until_when_a_step_was_deferred(demo: Demo) -> None:
+    # Given the compensated run, whose charge was answered 429 once
+    run = demo.run("compensated")
+
+    # When it is shown
+    result = sagaledger(demo.cwd, "runs", "show", run["id"])
+
+    # Then the deferral reads as a wait with its end and its reason
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"deferred until \d\d:\d\d:\d\d\.\d{3}: the remote side is rate", result.stdout
+    )
 
 
 def test_runs_show_json_holds_every_event(demo: Demo) -> None:
