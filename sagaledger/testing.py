@@ -1,4 +1,4 @@
-"""Helpers for testing your own sagas: a synchronous runner, a manual clock, crashes.
+"""Helpers for testing your own sagas: a synchronous runner, a manual clock, crashes, workers.
 
 The runner drives runs with the same orchestrator code the Dramatiq actor calls,
 one drive at a time, in the calling thread, so tests are deterministic::
@@ -10,6 +10,9 @@ one drive at a time, in the calling thread, so tests are deterministic::
 Crashes: ``CrashAt(step, point=...)`` raises :class:`SimulatedCrash` (or sends
 SIGKILL to the process) at a chosen point; after a simulated crash, advance the
 clock past the lease and call :meth:`SagaHarness.run_until_idle` to recover.
+
+Integration tests run a real ``sagaledger worker`` process with
+:class:`WorkerProcess`, on a store they share with it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from sagaledger._worker_process import WorkerProcess, WorkerProcessError
 from sagaledger.connectors import MemoryRateLimiter
 from sagaledger.sagas import ActionCall, Hooks, Orchestrator, Registry, Saga
 from sagaledger.sagas._dispatch import Dispatch
@@ -236,4 +240,11 @@ class SagaHarness:
         self.log.close()
 
 
-__all__ = ["CrashAt", "ManualClock", "SagaHarness", "SimulatedCrash"]
+__all__ = [
+    "CrashAt",
+    "ManualClock",
+    "SagaHarness",
+    "SimulatedCrash",
+    "WorkerProcess",
+    "WorkerProcessError",
+]

@@ -81,6 +81,21 @@ def events(run: dict[str, Any], kind: str, step: str | None = None) -> list[dict
     return [e for e in run["events"] if e["type"] == kind and step in (None, e["step"])]
 
 
+# -- both ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", ["order_fulfilment", "billing"])
+def test_every_effect_is_attributed_to_the_run_that_caused_it(
+    example: str, request: pytest.FixtureRequest
+) -> None:
+    # SMTP keys what it received by Message-ID: those are learned from the log.
+    _, results = request.getfixturevalue(example)
+    keys = {run["run_id"]: run["business_key"] for run in results["runs"]}
+    for effect in results["ledger"]:
+        assert effect["run_id"] in keys, effect
+        assert effect["business_key"] == keys[effect["run_id"]], effect
+
+
 # -- order fulfilment --------------------------------------------------------------------
 
 

@@ -80,7 +80,14 @@ EXPECTED = {
         "utc_now",
     ],
     sagaledger.compensation: ["compensation_plan", "completed_pivot", "next_compensation"],
-    sagaledger.testing: ["CrashAt", "ManualClock", "SagaHarness", "SimulatedCrash"],
+    sagaledger.testing: [
+        "CrashAt",
+        "ManualClock",
+        "SagaHarness",
+        "SimulatedCrash",
+        "WorkerProcess",
+        "WorkerProcessError",
+    ],
 }
 
 

@@ -15,22 +15,20 @@ HTTP email API with an ``Idempotency-Key`` and a probe, so it goes out once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 from functools import cache
 
 from pydantic import BaseModel, Field
 
+from examples.policies import NETSUITE, RETRY, STRIPE
 from sagaledger import (
     CompensationContext,
     Registry,
-    RetryPolicy,
     RetrySafety,
     Saga,
     StepContext,
     step,
 )
-from sagaledger.connectors import RateLimit
 from sagaledger.connectors.email import HttpEmailApi, SentEmail
 from sagaledger.connectors.erp import NetSuiteErp, NewInvoice, OrderLine, RecordRef, external_id
 from sagaledger.connectors.payments import Payment, Refund, StripePayments
@@ -38,14 +36,6 @@ from sagaledger.connectors.simulators import Endpoints, LocalConnectors
 
 #: Who the receipt comes from.
 SENDER = "Widgets & Co Billing <billing@widgets.example>"
-#: Short back-offs keep the example quick; against real services, start at seconds.
-RETRY = RetryPolicy(
-    max_attempts=5, initial_backoff=timedelta(milliseconds=200), max_backoff=timedelta(seconds=5)
-)
-#: NetSuite limits requests in flight per account: every ERP step shares this limit.
-NETSUITE = RateLimit(name="netsuite", concurrency=5)
-#: Stripe's test mode allows 25 requests a second.
-STRIPE = RateLimit(name="stripe", calls=25, per=timedelta(seconds=1))
 
 
 class Line(BaseModel):

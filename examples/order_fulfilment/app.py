@@ -13,22 +13,20 @@ the reserved stock released. The email is the last step and cannot be unsent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 from functools import cache
 
 from pydantic import BaseModel, Field
 
+from examples.policies import NETSUITE, RETRY, STRIPE
 from sagaledger import (
     CompensationContext,
     Registry,
-    RetryPolicy,
     RetrySafety,
     Saga,
     StepContext,
     step,
 )
-from sagaledger.connectors import RateLimit
 from sagaledger.connectors.email import Mailer, SentEmail
 from sagaledger.connectors.erp import NetSuiteErp, NewSalesOrder, OrderLine, RecordRef, external_id
 from sagaledger.connectors.payments import Payment, Refund, StripePayments
@@ -36,14 +34,6 @@ from sagaledger.connectors.simulators import Endpoints, LocalConnectors
 
 #: Who the confirmation comes from.
 SENDER = "Widgets & Co <orders@widgets.example>"
-#: Short back-offs keep the example quick; against real services, start at seconds.
-RETRY = RetryPolicy(
-    max_attempts=5, initial_backoff=timedelta(milliseconds=200), max_backoff=timedelta(seconds=5)
-)
-#: NetSuite limits requests in flight per account: every ERP step shares this limit.
-NETSUITE = RateLimit(name="netsuite", concurrency=5)
-#: Stripe's test mode allows 25 requests a second.
-STRIPE = RateLimit(name="stripe", calls=25, per=timedelta(seconds=1))
 
 
 class Order(BaseModel):

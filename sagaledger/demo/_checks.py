@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sagaledger.connectors.simulators import Effect, SimRequest
-from sagaledger.demo._effects import Ledgers, money_of, of_run
+from sagaledger.connectors.simulators import Effect, SimRequest, Timeline
+from sagaledger.demo._effects import money_of
 from sagaledger.sagas import idempotency_key
 from sagaledger.store import EventRecord, EventType, Phase, RunRecord, RunStatus
 
@@ -28,18 +28,18 @@ class Evidence:
     Attributes:
         run: The run.
         events: Its events, in order.
-        ledgers: Every simulator's effects.
+        timeline: Every simulator's effects, each with its run.
         payment_requests: Every request the payments simulator received.
     """
 
     run: RunRecord
     events: Sequence[EventRecord]
-    ledgers: Ledgers
+    timeline: Timeline
     payment_requests: Sequence[SimRequest]
 
     def effects(self, system: str, operation: str) -> list[Effect]:
         """What ``system`` applied for this run by ``operation``, oldest first."""
-        return of_run(self.ledgers, system, self.run, operation)
+        return [entry.effect for entry in self.timeline.of_run(self.run.id, system, operation)]
 
     def of(self, kind: EventType, step: str | None = None) -> list[EventRecord]:
         """The run's events of ``kind`` (for ``step``, when given)."""

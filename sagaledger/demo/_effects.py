@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sagaledger import _render
-from sagaledger.connectors.simulators import Effect
+from sagaledger.connectors.simulators import Effect, Timeline
 from sagaledger.store import RunRecord
 
 #: The file the demo writes the ledgers to, next to the saga log's SQLite file.
@@ -50,16 +50,6 @@ def write_ledgers(path: Path, ledgers: Ledgers) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def run_of(effect: Effect) -> str | None:
-    """The run an effect belongs to: its key (or external id) starts with the run's id."""
-    return effect.key.split(":", 1)[0] if effect.key and ":" in effect.key else None
-
-
-def of_run(ledgers: Ledgers, system: str, run: RunRecord, operation: str) -> list[Effect]:
-    """The effects ``system`` applied for ``run`` by ``operation``, oldest first."""
-    return [e for e in ledgers[system] if e.operation == operation and run_of(e) == run.id]
-
-
 def amount(effect: Effect) -> str:
     """An effect's amount for people: money with its currency, stock as quantity x item."""
     if effect.amount is None:
@@ -85,12 +75,8 @@ def short_key(key: str | None) -> str:
     return f"{run[: _render.SHORT_ID]}…:{rest}" if rest else str(key)
 
 
-def ledgers_view(ledgers: Ledgers, runs: Sequence[RunRecord]) -> RenderableType:
+def ledgers_view(timeline: Timeline, runs: Sequence[RunRecord]) -> RenderableType:
     """Every simulator's effects, one table per run, each in the order they happened."""
-    rows = sorted(
-        ((system, e) for system, effects in ledgers.items() for e in effects),
-        key=lambda row: row[1].at,
-    )
     tables = []
     for run in runs:
         table = Table(
@@ -100,9 +86,9 @@ def ledgers_view(ledgers: Ledgers, runs: Sequence[RunRecord]) -> RenderableType:
         )
         for name in ("system", "operation", "ref", "amount"):
             table.add_column(name, overflow="fold")
-        for system, e in rows:
-            if run_of(e) == run.id:
-                style = "magenta" if e.operation in UNDOING else "green"
-                table.add_row(system, Text(e.operation, style=style), e.ref, amount(e))
+        for entry in timeline.of_run(run.id):
+            e = entry.effect
+            style = "magenta" if e.operation in UNDOING else "green"
+            table.add_row(entry.system, Text(e.operation, style=style), e.ref, amount(e))
         tables.append(table)
     return Group(Text("The simulators' ledgers: every effect applied", style="bold"), *tables)

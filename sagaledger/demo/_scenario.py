@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -26,12 +24,13 @@ from sqlalchemy.exc import ArgumentError
 
 from sagaledger import _render
 from sagaledger._errors import StoreError
-from sagaledger._settings import DEFAULT_STORE, ENV_PREFIX
+from sagaledger._settings import DEFAULT_STORE
 from sagaledger.connectors.simulators import (
     Fault,
     FaultKind,
     LocalConnectors,
     SimulatorSuite,
+    Timeline,
 )
 from sagaledger.demo import _checks as checks
 from sagaledger.demo._checks import DemoFailed
@@ -46,7 +45,10 @@ from sagaledger.demo._effects import (
 from sagaledger.demo._saga import SAGA_NAME, Order, build_registry, charge_card
 from sagaledger.sagas import EmbeddedWorker, Orchestrator
 from sagaledger.store import RunRecord, SagaLog
+from sagaledger.testing import WorkerProcess, WorkerProcessError
 
+#: What the worker process runs: the demo's saga, on connectors for the simulators.
+DEMO_APP = "sagaledger.demo:registry"
 #: Short timings, so that a crashed worker's run is taken over within seconds.
 LEASE = timedelta(seconds=2)
 RECOVERY_INTERVAL = timedelta(milliseconds=200)
@@ -165,51 +167,38 @@ class _Demo:
     def crash_a_worker(self) -> RunRecord:
         c = self.console
         c.rule("[bold]1 · a worker process dies mid-saga")
-        app = "sagaledger.demo:registry"
-        command = [sys.executable, "-m", "sagaledger", "worker", "--app", app]
-        command += ["--crash-at", CRASH_SPEC]
-        env = {
-            **os.environ,
-            **self.suite.endpoints.to_env(),
-            f"{ENV_PREFIX}STORE": self.store,
-            f"{ENV_PREFIX}LEASE_SECONDS": str(LEASE.total_seconds()),
-            f"{ENV_PREFIX}RECOVERY_INTERVAL_SECONDS": str(RECOVERY_INTERVAL.total_seconds()),
-            # This process has no dispatcher: the worker's recovery pass must find the run at once.
-            f"{ENV_PREFIX}DISPATCH_GRACE_SECONDS": "0",
-            f"{ENV_PREFIX}THREADS": "1",
-        }
-        c.print(Text(f"$ sagaledger worker --app {app} --crash-at {CRASH_SPEC}", style="dim"))
-        child = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        c.print(Text(f"$ sagaledger worker --app {DEMO_APP} --crash-at {CRASH_SPEC}", style="dim"))
+        worker = WorkerProcess(
+            DEMO_APP,
+            store=self.store,
+            env=self.suite.endpoints.to_env(),
+            crash_at=CRASH_SPEC,
+            recovery_interval=RECOVERY_INTERVAL,
+            lease=LEASE,
+            threads=1,
+            start_timeout=PHASE_TIMEOUT,
         )
         try:
-            run = self.orchestrator.start(
-                SAGA_NAME, self.fine, key=self.fine.order_id, actor="demo"
-            )
-            c.print(
-                f"started run [bold]{run.id[:8]}[/] for order {self.fine.order_id} "
-                "(written to the log; the worker's recovery pass picks it up)"
-            )
-            try:
-                output, _ = child.communicate(timeout=PHASE_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                output, _ = child.communicate()
-                raise DemoFailed(
-                    f"the worker did not crash within {PHASE_TIMEOUT:.0f}s:\n{output}"
-                ) from None
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-        if child.returncode != -signal.SIGKILL:
+            with worker:
+                run = self.orchestrator.start(
+                    SAGA_NAME, self.fine, key=self.fine.order_id, actor="demo"
+                )
+                c.print(
+                    f"started run [bold]{run.id[:8]}[/] for order {self.fine.order_id} "
+                    "(written to the log; the worker's recovery pass picks it up)"
+                )
+                worker.wait(timeout=PHASE_TIMEOUT)
+        except (WorkerProcessError, TimeoutError) as exc:
+            raise DemoFailed(f"the worker did not crash as planned: {exc}") from None
+        output = worker.output
+        if worker.returncode != -signal.SIGKILL:
             raise DemoFailed(
-                f"the worker exited with {child.returncode}, not by SIGKILL:\n{output}"
+                f"the worker exited with {worker.returncode}, not by SIGKILL:\n{output}"
             )
         for line in output.strip().splitlines()[-3:]:
             c.print(Text(f"  │ {line}", style="dim"))
         c.print(
-            f"[bold red]worker pid {child.pid} was killed by signal 9 (SIGKILL)[/] right after "
+            f"[bold red]worker pid {worker.pid} was killed by signal 9 (SIGKILL)[/] right after "
             "charge_payment's effect, before its checkpoint"
         )
         run = self.log.get_run(run.id)
@@ -294,7 +283,7 @@ class _Demo:
         for run in runs:
             c.print(_render.run_view(self.log.get_run(run.id), self.log.events(run.id)))
             c.print()
-        c.print(ledgers_view(self.suite.ledgers(), runs))
+        c.print(ledgers_view(Timeline(self.suite.ledgers()), runs))
 
     def finish(self, run: RunRecord) -> None:
         store = "" if self.store == DEFAULT_STORE else f" --store {_store_hint(self.store)}"
@@ -312,7 +301,7 @@ class _Demo:
         return checks.Evidence(
             run=self.log.get_run(run.id),
             events=self.log.events(run.id),
-            ledgers=self.suite.ledgers(),
+            timeline=Timeline(self.suite.ledgers()),
             payment_requests=list(self.suite.payments.requests),
         )
 

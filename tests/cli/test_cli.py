@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +22,7 @@ import pytest
 
 from sagaledger.demo import LEDGERS_FILE
 from sagaledger.store import head_revision
+from sagaledger.testing import WorkerProcess
 
 
 def sagaledger(
@@ -341,34 +339,11 @@ def test_worker_reports_an_app_it_cannot_load(tmp_path: Path) -> None:
 
 def test_worker_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     # Given a worker that has said it is ready
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "sagaledger", "worker", "--app", "sagaledger.demo:registry"],
-        cwd=tmp_path,
-        env=_env({"SAGALEDGER_LEASE_SECONDS": "2"}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    stderr = worker.stderr
-    assert stderr is not None
+    store = f"sqlite:///{tmp_path}/sagaledger.db"
+    with WorkerProcess("sagaledger.demo:registry", store=store, cwd=tmp_path) as worker:
+        assert "ready: order_fulfilment v2" in worker.output
 
-    def pump() -> None:
-        for line in stderr:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        while "ready" not in (line := lines.get(timeout=60)):
-            pass
-        assert "order_fulfilment v2" in line
-
-        # When it is sent SIGTERM
-        worker.send_signal(signal.SIGTERM)
-
-        # Then it stops by itself, with status 0
-        assert worker.wait(timeout=60) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+    # When it is sent SIGTERM (on leaving the block)
+    # Then it stops by itself, with status 0, not by the SIGKILL that would follow
+    assert worker.returncode == 0
+    assert "stopped" in worker.output

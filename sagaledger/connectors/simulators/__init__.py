@@ -3,7 +3,8 @@
 Each one enforces its service's authentication, honours idempotency keys the way
 that service does, keeps a ledger of every effect it applied, and injects faults
 on request (latency, 5xx, 429 with Retry-After, timeouts, declines, and an
-effect applied whose response is lost). :class:`SimulatorSuite` starts them all.
+effect applied whose response is lost). :class:`SimulatorSuite` starts them all;
+:class:`Timeline` merges their ledgers in time order, each effect with its run.
 """
 
 from sagaledger.connectors.simulators._faults import (
@@ -20,6 +21,7 @@ from sagaledger.connectors.simulators._suite import (
     LocalConnectors,
     SimulatorSuite,
 )
+from sagaledger.connectors.simulators._timeline import Timeline, TimelineEntry
 from sagaledger.connectors.simulators.email_api import EmailApiSimulator
 from sagaledger.connectors.simulators.erp import ErpSimulator
 from sagaledger.connectors.simulators.payments import PaymentsSimulator
@@ -43,4 +45,6 @@ __all__ = [
     "SimResponse",
     "SimulatorSuite",
     "SmtpSimulator",
+    "Timeline",
+    "TimelineEntry",
 ]
