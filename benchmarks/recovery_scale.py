@@ -185,6 +185,7 @@ def active_runs(m: int, now: datetime) -> list[dict[str, Any]]:
                 "dispatched_at": wake_at if backoff else None,
                 "last_seq": 4,
                 "blocked_reason": None,
+                "cancel_requested": None,
                 "last_error": None,
                 "created_at": now - timedelta(minutes=5),
                 "updated_at": now - timedelta(minutes=1),

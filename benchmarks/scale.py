@@ -219,6 +219,7 @@ def waiting_runs(n: int, now: datetime) -> Iterator[list[dict[str, Any]]]:
                     "dispatched_at": None,
                     "last_seq": 5,
                     "blocked_reason": None,
+                    "cancel_requested": None,
                     "last_error": {"type": "Timeout", "message": "timed out", "retryable": True},
                     "created_at": now - timedelta(minutes=1),
                     "updated_at": now,

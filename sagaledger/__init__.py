@@ -10,6 +10,7 @@ from sagaledger._errors import (
     RateLimitedError,
     RegistryError,
     RetryableError,
+    RunNotActiveError,
     SagaLedgerError,
     SchemaNotReadyError,
     StepError,
@@ -18,6 +19,7 @@ from sagaledger._errors import (
     UnknownSagaError,
 )
 from sagaledger.sagas import (
+    CancelOutcome,
     CompensationContext,
     EmbeddedWorker,
     Hooks,
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BrokerError",
+    "CancelOutcome",
     "CompensationContext",
     "DefinitionError",
     "DuplicateSagaError",
@@ -53,6 +56,7 @@ __all__ = [
     "RetryPolicy",
     "RetrySafety",
     "RetryableError",
+    "RunNotActiveError",
     "RunStatus",
     "Saga",
     "SagaLedgerError",

@@ -7,6 +7,7 @@
     │   └── UnknownSagaError     no such saga or version (lists the known ones)
     ├── InputValidationError     start input failed validation (names the fields)
     ├── UnknownRunError          no run with this id
+    ├── RunNotActiveError        the run has finished (or is parked): nothing to act on
     ├── StoreError               the saga log cannot be used
     │   └── SchemaNotReadyError  the database schema is missing or out of date
     ├── BrokerError              the broker URL is malformed or its server unreachable
@@ -97,6 +98,20 @@ class UnknownRunError(SagaLedgerError):
     def __init__(self, run_id: str):
         super().__init__(f"unknown run {run_id!r}")
         self.run_id = run_id
+
+
+class RunNotActiveError(SagaLedgerError):
+    """The run is no longer driven (completed, compensated or parked), so this cannot apply.
+
+    Args:
+        run_id: The run.
+        status: Its status.
+        action: What was asked (``cancel``).
+    """
+
+    def __init__(self, run_id: str, status: str, action: str):
+        super().__init__(f"cannot {action} run {run_id!r}: it is {status}")
+        self.run_id, self.status, self.action = run_id, status, action
 
 
 class StoreError(SagaLedgerError):

@@ -8,6 +8,7 @@ Every command takes ``--store URL`` (or ``SAGALEDGER_STORE``; a SQLite file
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from sagaledger._errors import SagaLedgerError, StoreError, UnknownRunError
 from sagaledger._runner import check_config, run_worker
 from sagaledger._settings import DEFAULT_STORE, ENV_PREFIX, Settings
 from sagaledger._supervisor import Supervisor
-from sagaledger.sagas import Registry
+from sagaledger.sagas import CancelOutcome, Orchestrator, Registry
 from sagaledger.store import (
     RunRecord,
     RunStatus,
@@ -223,6 +224,37 @@ def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
         click.echo(_render.dumps(payload))
     else:
         console.print(_render.run_view(run, events))
+
+
+@cli.command(short_help="Cancel a run: its completed steps are compensated in reverse.")
+@click.argument("run_id", metavar="RUN")
+@click.option("--reason", required=True, help="Why; kept in the run's log.")
+@click.option(
+    "--as",
+    "by",
+    default=lambda: getpass.getuser(),
+    show_default="your login name",
+    help="Who cancels, as the log records it.",
+)
+@store_option
+def cancel(run_id: str, reason: str, by: str, store: str | None) -> None:
+    """Cancel RUN (its id or a unique prefix): undo its completed steps, last first.
+
+    A waiting run turns at once; one with a step in flight turns once that step
+    is checkpointed; one already compensating is left as it is. A worker does
+    the undoing: this command only asks, in the log.
+    """
+    settings = load_settings(store=store)
+    with open_log(settings.store) as log:
+        run = resolve_run(log, run_id)
+        try:
+            outcome = Orchestrator(log, Registry([])).cancel(run.id, reason, by=by)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    if outcome is CancelOutcome.ALREADY_COMPENSATING:
+        click.echo(f"run {run.id} is already compensating; the request is recorded")
+    else:
+        click.echo(f"run {run.id} is cancelling: a worker will compensate its completed steps")
 
 
 def resolve_run(log: SagaLog, prefix: str) -> RunRecord:

@@ -30,6 +30,7 @@ def run_row(run_id: str, wake_at: datetime | None, **changes: Any) -> dict[str, 
         "wake_at": wake_at,
         "dispatched_at": None,
         "blocked_reason": None,
+        "cancel_requested": None,
         "last_error": None,
         **changes,
     }

@@ -9,6 +9,7 @@ import sagaledger.testing
 EXPECTED = {
     sagaledger: [
         "BrokerError",
+        "CancelOutcome",
         "CompensationContext",
         "DefinitionError",
         "DuplicateSagaError",
@@ -26,6 +27,7 @@ EXPECTED = {
         "RetryPolicy",
         "RetrySafety",
         "RetryableError",
+        "RunNotActiveError",
         "RunStatus",
         "Saga",
         "SagaLedgerError",
@@ -43,6 +45,7 @@ EXPECTED = {
     sagaledger.sagas: [
         "DRIVE_ACTOR",
         "ActionCall",
+        "CancelOutcome",
         "CompensationContext",
         "Dispatch",
         "Dispatcher",

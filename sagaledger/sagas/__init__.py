@@ -2,6 +2,7 @@
 
 from sagaledger.sagas._actors import DRIVE_ACTOR, Maintenance, MaintenanceMiddleware, declare_actors
 from sagaledger.sagas._brokers import build_broker
+from sagaledger.sagas._cancel import CancelOutcome
 from sagaledger.sagas._context import CompensationContext, StepContext, idempotency_key
 from sagaledger.sagas._definition import Saga, Step, step
 from sagaledger.sagas._dispatch import Dispatch, Dispatcher, queue_for
@@ -15,6 +16,7 @@ from sagaledger.sagas._worker import SagaWorker
 __all__ = [
     "DRIVE_ACTOR",
     "ActionCall",
+    "CancelOutcome",
     "CompensationContext",
     "Dispatch",
     "Dispatcher",

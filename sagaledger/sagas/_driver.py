@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,12 @@ class RunDriver:
         self.compensated: set[str] = set()
         self.reason = ""
         self._claimed_from = run
+        # The current step's last attempt may have landed: it was cut short by a
+        # crash, or its answer was lost. Undoing the run must then ask its probe.
+        self._in_doubt = run.lease_owner is not None or bool(
+            (run.last_error or {}).get("outcome_unknown")
+        )
+        self._unmarked_attempt = False
 
     # -- claiming -------------------------------------------------------------
 
@@ -117,7 +124,10 @@ class RunDriver:
             )
             self.attempt = run.attempt + 1
         if self.attempt <= self._policy(step).max_attempts:
-            first.append(self._event(EventType.ATTEMPT_STARTED, step))
+            if self._cancel_asked():
+                self._unmarked_attempt = True  # started only if the cancel is refused
+            else:
+                first.append(self._event(EventType.ATTEMPT_STARTED, step))
         new_token = run.lease_token + 1
         claimed = self.o.log.append(
             self.run_id,
@@ -184,6 +194,8 @@ class RunDriver:
     def _attempt(self) -> bool:
         """Run one attempt of the current action or compensation; True to go on."""
         step = self.saga.steps[self.index]
+        if self._cancel_asked():
+            return self._cancel(step)
         if self.attempt > self._policy(step).max_attempts:
             return self._failed(step, _lost_attempt(self.attempt - 1))
         call = self._call(step)
@@ -215,6 +227,7 @@ class RunDriver:
         payload = {"output": result, "duration_ms": took, "via_probe": via_probe}
         done = self._event(EventType.STEP_COMPLETED, step, payload)
         self.outputs[step.name] = result
+        self._in_doubt = False
         if self.index + 1 == len(self.saga.steps):
             finish = NewEvent(EventType.RUN_COMPLETED, self.o.actor)
             return self._finish([done, finish], RunStatus.COMPLETED, last_error=None)
@@ -342,6 +355,51 @@ class RunDriver:
         self.status = RunStatus.COMPENSATING
         return self._unwind([*events, turned], last_error=error)
 
+    # -- cancelling -------------------------------------------------------------
+
+    def _cancel_asked(self) -> bool:
+        """True when someone asked to cancel this run and it is still going forward."""
+        if self.status is not RunStatus.RUNNING:
+            return False
+        return self._claimed_from.cancel_requested is not None or self.o.leases.cancel_noted(
+            self.run_id
+        )
+
+    def _cancel(self, step: Step) -> bool:
+        """Turn the run to compensation, as asked, instead of running ``step``."""
+        asked = (
+            self._claimed_from.cancel_requested or self.o.log.get_run(self.run_id).cancel_requested
+        )
+        assert asked is not None  # noted by the lease keeper only once it was written
+        reason = f"cancelled by {asked['by']}: {asked['reason']}"
+        pivot = completed_pivot(self.saga, list(self.outputs))
+        if pivot is not None:
+            # Past a pivot the run can only go forward: refuse, in the log, and go on.
+            refused = NewEvent(
+                EventType.CANCEL_REQUESTED,
+                self.o.actor,
+                payload={**asked, "outcome": f"refused: pivot {pivot.name!r} has completed"},
+            )
+            self._claimed_from = replace(self._claimed_from, cancel_requested=None)
+            self.o.leases.release_cancel(self.run_id)
+            going_on = [refused]
+            if self._unmarked_attempt:
+                going_on.append(self._event(EventType.ATTEMPT_STARTED, step))
+            return self._commit(going_on, cancel_requested=None)
+        events: list[NewEvent] = []
+        if self._in_doubt and step.compensable:
+            try:
+                landed = self._landed_anyway(step)
+            except _Unknowable as why:
+                return self._park([], f"{reason}; step {step.name!r}: {why}", None)
+            if landed is not None:
+                events.append(landed)
+        self.reason = reason
+        payload = {"reason": reason, "cancelled_by": asked["by"]}
+        events.append(NewEvent(EventType.COMPENSATION_STARTED, self.o.actor, payload=payload))
+        self.status = RunStatus.COMPENSATING
+        return self._unwind(events)
+
     def _unwind(self, events: list[NewEvent], **changes: Any) -> bool:
         """Go on with the next compensation the log calls for, or finish the run."""
         nxt = next_compensation(self.saga, list(self.outputs), self.compensated)
@@ -378,7 +436,7 @@ class RunDriver:
         self._commit(events, status=status.value, lease_owner=None, wake_at=None, **changes)
         return False
 
-    def _park(self, events: list[NewEvent], reason: str, error: dict[str, Any]) -> bool:
+    def _park(self, events: list[NewEvent], reason: str, error: dict[str, Any] | None) -> bool:
         events.append(NewEvent(EventType.RUN_PARKED, self.o.actor, payload={"reason": reason}))
         logger.error("run %s parked: %s", self.run_id, reason)
         return self._finish(events, RunStatus.PARKED, blocked_reason=reason, last_error=error)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from sagaledger._errors import InputValidationError, UnknownRunError
 from sagaledger.connectors._ratelimit import MemoryRateLimiter, RateLimit, RateLimiter
+from sagaledger.sagas._cancel import CancelOutcome, request_cancel
 from sagaledger.sagas._definition import Saga
 from sagaledger.sagas._dispatch import Dispatch, Dispatcher
 from sagaledger.sagas._driver import RunDriver
@@ -135,6 +136,11 @@ class Orchestrator:
         """Route "drive this run" messages (the runtime sets a Dramatiq sender here)."""
         self._dispatcher = dispatcher
 
+    @property
+    def dispatching(self) -> bool:
+        """True when this orchestrator sends messages (a runtime set its dispatcher)."""
+        return self._dispatcher is not None
+
     def dispatch(self, request: Dispatch) -> None:
         """Ask a worker to drive a run; without a dispatcher, recovery will."""
         if self._dispatcher is not None:
@@ -217,8 +223,9 @@ class Orchestrator:
             "wake_at": now,
             # Without a dispatcher no message goes out: the next recovery pass of any
             # worker takes the run, instead of waiting out the dispatch grace.
-            "dispatched_at": now if self._dispatcher is not None else None,
+            "dispatched_at": now if self.dispatching else None,
             "blocked_reason": None,
+            "cancel_requested": None,
             "last_error": None,
         }
         started = NewEvent(
@@ -293,6 +300,30 @@ class Orchestrator:
             wake_at=now + self.version_recheck,
             dispatched_at=None,
         )
+
+    # -- cancelling -----------------------------------------------------------
+
+    def cancel(self, run_id: str, reason: str, *, by: str) -> CancelOutcome:
+        """Cancel a run: its completed steps are compensated in reverse.
+
+        A waiting run (a retry back-off, a rate limit) turns at once, without
+        running its pending attempt; a run with a step in flight turns once
+        that step is checkpointed; a run already compensating is left alone
+        and the request recorded. Past a completed pivot the run can only go
+        forward: its driver refuses the cancel, in the log.
+
+        Args:
+            run_id: The run.
+            reason: Why, kept in the log.
+            by: Who asks (``alice@example.com``, ``service:checkout``), kept as
+                the event's actor.
+
+        Raises:
+            UnknownRunError: no such run.
+            RunNotActiveError: the run has completed, been compensated or parked.
+            ValueError: an empty reason or ``by``.
+        """
+        return request_cancel(self, run_id, reason, by)
 
     # -- recovery -------------------------------------------------------------
 

@@ -444,6 +444,7 @@ def _run(row: Row[Any] | dict[str, Any]) -> RunRecord:
         last_error=m["last_error"],
         created_at=m["created_at"],
         updated_at=m["updated_at"],
+        cancel_requested=m["cancel_requested"],
     )
 
 

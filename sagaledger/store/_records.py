@@ -55,6 +55,7 @@ class EventType(StrEnum):
     RUN_COMPENSATED = "run_compensated"
     RUN_PARKED = "run_parked"
     VERSION_UNAVAILABLE = "version_unavailable"
+    CANCEL_REQUESTED = "cancel_requested"  # by a person or a service; payload: by, reason
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class RunRecord:
     last_error: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
+    #: ``{"by": ..., "reason": ..., "at": ...}`` once someone asked to cancel the run.
+    cancel_requested: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,8 @@ runs = Table(
     Column("last_error", Payload),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Who asked to cancel the run, why and when; the run's driver acts on it.
+    Column("cancel_requested", Payload),
     UniqueConstraint("saga_name", "business_key", name="uq_sagaledger_runs_business_key"),
     # Only unfinished runs have a wake-up time: the recovery scan stays small
     # however many finished runs the log holds.

@@ -193,8 +193,17 @@ def test_an_analyzed_sqlite_log_keeps_statistics_for_the_status_start_index(
     # Given a SQLite log at schema 0001 with one run, analyzed once
     engine = create_store_engine(sqlite_url)
     upgrade(engine, "0001")
-    new_run(SagaLog(engine))
     with engine.begin() as conn:
+        # Written as 0001 had it: today's code writes columns 0001 did not have.
+        conn.execute(
+            text(
+                "INSERT INTO sagaledger_runs (id, saga_name, saga_version, fingerprint,"
+                " business_key, status, step_index, step, attempt, input, lease_token,"
+                " wake_at, last_seq, created_at, updated_at) VALUES ('r1', 's', 1, 'f', 'k1',"
+                " 'running', 0, 'a', 1, '{}', 0, :now, 1, :now, :now)"
+            ),
+            {"now": NOW.replace(tzinfo=None).isoformat(sep=" ")},
+        )
         conn.execute(text("ANALYZE"))
 
     # When it is upgraded
