@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -23,6 +22,13 @@ from sagaledger.compensation._plan import completed_pivot, next_compensation
 from sagaledger.sagas._context import CompensationContext, StepContext, idempotency_key
 from sagaledger.sagas._definition import Saga, Step
 from sagaledger.sagas._dispatch import Dispatch
+from sagaledger.sagas._failures import (
+    Unknowable,
+    describe_error,
+    is_non_retryable,
+    lost_attempt,
+    may_have_landed,
+)
 from sagaledger.sagas._hooks import ActionCall
 from sagaledger.sagas._policy import RetryPolicy
 from sagaledger.store import EventType, NewEvent, Phase, RunRecord, RunStatus
@@ -33,38 +39,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sagaledger.driver")
 
 _json = TypeAdapter(Any)
-
-
-def describe_error(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
-    """The JSON the log keeps about an exception."""
-    tb = "".join(traceback.format_exception(exc, limit=-5))
-    described = {
-        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "message": str(exc),
-        "retryable": retryable,
-        "traceback": tb[-4000:],
-    }
-    if may_have_landed(exc):
-        described["outcome_unknown"] = True
-    details = getattr(exc, "details", None)
-    if isinstance(details, dict):
-        described["details"] = details
-    return described
-
-
-def may_have_landed(exc: BaseException) -> bool:
-    """True when the failed attempt's effect may have happened anyway.
-
-    An :class:`~sagaledger.OutcomeUnknownError` (duck-typed) or an attempt whose
-    worker died before recording its outcome.
-    """
-    return getattr(exc, "outcome_unknown", False) is True or isinstance(exc, LostAttemptError)
-
-
-def is_non_retryable(exc: BaseException, policy: RetryPolicy) -> bool:
-    """True when retrying ``exc`` cannot help (by flag or by the policy's types)."""
-    # Duck-typed (like StepError's flag), so any library's errors can carry it.
-    return getattr(exc, "non_retryable", False) is True or isinstance(exc, policy.non_retryable)
 
 
 def to_json(value: Any) -> Any:
@@ -197,7 +171,7 @@ class RunDriver:
         if self._cancel_asked():
             return self._cancel(step)
         if self.attempt > self._policy(step).max_attempts:
-            return self._failed(step, _lost_attempt(self.attempt - 1))
+            return self._failed(step, lost_attempt(self.attempt - 1))
         call = self._call(step)
         limit = step.rate_limit
         if limit is not None:
@@ -256,11 +230,11 @@ class RunDriver:
             effect), which puts it among the compensations; None if it did not land.
 
         Raises:
-            _Unknowable: the step has no probe, or its probe failed.
+            Unknowable: the step has no probe, or its probe failed.
         """
         safety = step.retry_safety
         if safety is None or safety.probe_fn is None:
-            raise _Unknowable(
+            raise Unknowable(
                 f"its outcome is unknown and it has no probe: check step {step.name!r} "
                 "in the remote system before resolving the run"
             )
@@ -268,7 +242,7 @@ class RunDriver:
         try:
             found = safety.probe_fn(ctx)
         except Exception as exc:
-            raise _Unknowable(f"its outcome is unknown and its probe failed: {exc}") from exc
+            raise Unknowable(f"its outcome is unknown and its probe failed: {exc}") from exc
         if found is None:
             return None
         output = to_json(found)
@@ -340,7 +314,7 @@ class RunDriver:
         if may_have_landed(exc) and step.compensable:
             try:
                 landed = self._landed_anyway(step)
-            except _Unknowable as why:
+            except Unknowable as why:
                 return self._park([failure("park")], f"{summary}; {why}", error)
             if landed is not None:
                 events.append(landed)
@@ -390,7 +364,7 @@ class RunDriver:
         if self._in_doubt and step.compensable:
             try:
                 landed = self._landed_anyway(step)
-            except _Unknowable as why:
+            except Unknowable as why:
                 return self._park([], f"{reason}; step {step.name!r}: {why}", None)
             if landed is not None:
                 events.append(landed)
@@ -481,18 +455,6 @@ class RunDriver:
             return False
         self.o.hooks.after_checkpoint(self.run_id, events)
         return True
-
-
-class _Unknowable(Exception):
-    """Nobody can tell whether a step's effect landed: the run must wait for a person."""
-
-
-class LostAttemptError(Exception):
-    """The worker running an attempt stopped before recording its outcome."""
-
-
-def _lost_attempt(attempt: int) -> LostAttemptError:
-    return LostAttemptError(f"attempt {attempt} was lost: its worker stopped before checkpointing")
 
 
 def _ms_since(started: float) -> float:
