@@ -5,15 +5,12 @@ Every test runs on SQLite and on a real PostgreSQL server.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sagaledger import (
-    Registry,
     RetryableError,
     RetrySafety,
     RunNotActiveError,
@@ -28,18 +25,6 @@ from sagaledger.store import EventType
 from sagaledger.testing import CrashAt, SagaHarness, SimulatedCrash
 from tests import ledger_app
 from tests.ledger_app import order_saga
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> str:
-    return str(tmp_path / "ledger.db")
-
-
-@pytest.fixture
-def harness(store_url: str) -> Iterator[SagaHarness]:
-    h = SagaHarness(Registry([order_saga]), store_url=store_url, lease=timedelta(seconds=5))
-    yield h
-    h.close()
 
 
 def order(ledger: str, **extra: Any) -> dict[str, Any]:
