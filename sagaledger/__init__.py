@@ -31,6 +31,7 @@ from sagaledger.sagas import (
     Step,
     StepContext,
     step,
+    timer,
 )
 from sagaledger.store import EventType, Phase, RunStatus, SagaLog
 
@@ -70,4 +71,5 @@ __all__ = [
     "UnknownSagaError",
     "__version__",
     "step",
+    "timer",
 ]

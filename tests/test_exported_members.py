@@ -41,6 +41,7 @@ EXPECTED = {
         "UnknownSagaError",
         "__version__",
         "step",
+        "timer",
     ],
     sagaledger.sagas: [
         "DRIVE_ACTOR",
@@ -62,11 +63,13 @@ EXPECTED = {
         "SagaWorker",
         "Step",
         "StepContext",
+        "TimerWait",
         "build_broker",
         "declare_actors",
         "idempotency_key",
         "queue_for",
         "step",
+        "timer",
     ],
     sagaledger.store: [
         "EventRecord",

@@ -11,6 +11,7 @@ from sagaledger.sagas._hooks import ActionCall, Hooks
 from sagaledger.sagas._orchestrator import Orchestrator
 from sagaledger.sagas._policy import RetryPolicy, RetrySafety, RetrySafetyKind
 from sagaledger.sagas._registry import Registry
+from sagaledger.sagas._timers import TimerWait, timer
 from sagaledger.sagas._worker import SagaWorker
 
 __all__ = [
@@ -33,9 +34,11 @@ __all__ = [
     "SagaWorker",
     "Step",
     "StepContext",
+    "TimerWait",
     "build_broker",
     "declare_actors",
     "idempotency_key",
     "queue_for",
     "step",
+    "timer",
 ]

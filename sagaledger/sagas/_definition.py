@@ -55,6 +55,7 @@ class Step:
         timeout: How long one attempt may run before another worker may take over.
         rate_limit: The limit of the connector the step calls, shared by every
             worker (and by every step naming the same limit).
+        wait: Set on steps that wait instead of acting (see :func:`timer`).
     """
 
     name: str
@@ -67,6 +68,7 @@ class Step:
     compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
     timeout: timedelta = timedelta(minutes=5)
     rate_limit: RateLimit | None = None
+    wait: Any = None  # a TimerWait (its module builds on this one)
 
     @property
     def compensable(self) -> bool:
@@ -180,18 +182,22 @@ class Saga:
             "name": self.name,
             "version": self.version,
             "input": self.input.model_json_schema(),
-            "steps": [
-                {
-                    "name": s.name,
-                    "compensable": s.compensable,
-                    "pivot": s.pivot,
-                    "retry_safety": s.retry_safety.kind.value if s.retry_safety else None,
-                }
-                for s in self.steps
-            ],
+            "steps": [_step_shape(s) for s in self.steps],
         }
         blob = json.dumps(shape, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _step_shape(s: Step) -> dict[str, Any]:
+    shape = {
+        "name": s.name,
+        "compensable": s.compensable,
+        "pivot": s.pivot,
+        "retry_safety": s.retry_safety.kind.value if s.retry_safety else None,
+    }
+    if s.wait is not None:  # only then: the fingerprints of sagas without waits stay as they were
+        shape["wait"] = type(s.wait).__name__
+    return shape
 
 
 def _check_step(saga: str, s: Step) -> None:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter
@@ -97,7 +97,7 @@ class RunDriver:
                 )
             )
             self.attempt = run.attempt + 1
-        if self.attempt <= self._policy(step).max_attempts:
+        if self.attempt <= self._policy(step).max_attempts and step.wait is None:
             if self._cancel_asked():
                 self._unmarked_attempt = True  # started only if the cancel is refused
             else:
@@ -170,6 +170,8 @@ class RunDriver:
         step = self.saga.steps[self.index]
         if self._cancel_asked():
             return self._cancel(step)
+        if step.wait is not None and self.phase is Phase.FORWARD:
+            return self._timer(step)
         if self.attempt > self._policy(step).max_attempts:
             return self._failed(step, lost_attempt(self.attempt - 1))
         call = self._call(step)
@@ -198,14 +200,50 @@ class RunDriver:
             self.compensated.add(step.name)
             done = self._event(EventType.COMPENSATION_COMPLETED, step, payload)
             return self._unwind([done])
-        payload = {"output": result, "duration_ms": took, "via_probe": via_probe}
-        done = self._event(EventType.STEP_COMPLETED, step, payload)
-        self.outputs[step.name] = result
+        return self._completed(
+            step, {"output": result, "duration_ms": took, "via_probe": via_probe}
+        )
+
+    def _completed(
+        self, step: Step, payload: dict[str, Any], before: Sequence[NewEvent] = ()
+    ) -> bool:
+        """Checkpoint ``step``'s completion (``payload`` holds its output) and move on."""
+        events = [*before, self._event(EventType.STEP_COMPLETED, step, payload)]
+        self.outputs[step.name] = payload["output"]
         self._in_doubt = False
         if self.index + 1 == len(self.saga.steps):
-            finish = NewEvent(EventType.RUN_COMPLETED, self.o.actor)
-            return self._finish([done, finish], RunStatus.COMPLETED, last_error=None)
-        return self._advance([done], RunStatus.RUNNING, self.index + 1, last_error=None)
+            events.append(NewEvent(EventType.RUN_COMPLETED, self.o.actor))
+            return self._finish(events, RunStatus.COMPLETED, last_error=None)
+        return self._advance(events, RunStatus.RUNNING, self.index + 1, last_error=None)
+
+    def _timer(self, step: Step) -> bool:
+        """A timer step: start it once (its time goes to the log), complete it once due."""
+        now = self.o.clock()
+        started: list[NewEvent] = []
+        until = self._timer_started(step)
+        if until is None:
+            ctx = StepContext(**self._context_fields(self._call(step)), outputs=dict(self.outputs))
+            try:
+                until = step.wait.fires_at(ctx, now)
+            except Exception as exc:  # a failing until(): a step failure like any other
+                return self._failed(step, exc)
+            payload = {"until": until.isoformat()}
+            started.append(self._event(EventType.TIMER_STARTED, step, payload))
+        if until > now:  # nothing runs meanwhile: the log's wake-up time is the timer
+            return self._wait(started, until - now)
+        output = {"until": until.isoformat(), "fired_at": now.isoformat()}
+        return self._completed(
+            step, {"output": output, "duration_ms": 0.0, "via_probe": False}, started
+        )
+
+    def _timer_started(self, step: Step) -> datetime | None:
+        """When this run's timer at ``step`` fires, if it was started before this drive."""
+        if self._claimed_from.step_index != self.index:
+            return None  # reached in this drive: it cannot have started yet
+        for event in reversed(self.o.log.events(self.run_id, types=[EventType.TIMER_STARTED])):
+            if event.step == step.name:
+                return datetime.fromisoformat(event.payload["until"])
+        return None
 
     def _act(self, step: Step, call: ActionCall) -> tuple[Any, bool]:
         """Run the forward action (or find, by probe, that it already landed)."""

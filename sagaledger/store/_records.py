@@ -56,6 +56,7 @@ class EventType(StrEnum):
     RUN_PARKED = "run_parked"
     VERSION_UNAVAILABLE = "version_unavailable"
     CANCEL_REQUESTED = "cancel_requested"  # by a person or a service; payload: by, reason
+    TIMER_STARTED = "timer_started"  # a timer step began waiting; payload: until
 
 
 @dataclass(frozen=True)
