@@ -79,6 +79,7 @@ EXPECTED = {
         "RunRecord",
         "RunStatus",
         "SagaLog",
+        "Written",
         "create_store_engine",
         "current_revision",
         "head_revision",

@@ -31,7 +31,7 @@ from sagaledger.sagas._failures import (
 )
 from sagaledger.sagas._hooks import ActionCall
 from sagaledger.sagas._policy import RetryPolicy
-from sagaledger.store import EventType, NewEvent, Phase, RunRecord, RunStatus
+from sagaledger.store import EventType, NewEvent, Phase, RunRecord, RunStatus, Written
 
 if TYPE_CHECKING:
     from sagaledger.sagas._orchestrator import Orchestrator
@@ -230,7 +230,7 @@ class RunDriver:
             payload = {"until": until.isoformat()}
             started.append(self._event(EventType.TIMER_STARTED, step, payload))
         if until > now:  # nothing runs meanwhile: the log's wake-up time is the timer
-            return self._wait(started, until - now)
+            return self._wait(started, until - now, until=until)
         output = {"until": until.isoformat(), "fired_at": now.isoformat()}
         return self._completed(
             step, {"output": output, "duration_ms": 0.0, "via_probe": False}, started
@@ -397,7 +397,7 @@ class RunDriver:
             going_on = [refused]
             if self._unmarked_attempt:
                 going_on.append(self._event(EventType.ATTEMPT_STARTED, step))
-            return self._commit(going_on, cancel_requested=None)
+            return bool(self._commit(going_on, cancel_requested=None))
         events: list[NewEvent] = []
         if self._in_doubt and step.compensable:
             try:
@@ -441,11 +441,18 @@ class RunDriver:
         )
         if written:
             self.o.leases.hold(self.run_id, self.token, now, step.timeout)
-        return written
+        return bool(written)
 
     def _finish(self, events: list[NewEvent], status: RunStatus, **changes: Any) -> bool:
         self.status = status
-        self._commit(events, status=status.value, lease_owner=None, wake_at=None, **changes)
+        written = self._commit(
+            events, status=status.value, lease_owner=None, wake_at=None, **changes
+        )
+        if written is Written.CANCEL_ASKED and status is RunStatus.COMPLETED:
+            # The cancel came during the last step, too late to undo the run: say so.
+            late = {"outcome": "too late: the run completed first"}
+            refused = NewEvent(EventType.CANCEL_REQUESTED, self.o.actor, payload=late)
+            self._commit([refused], cancel_requested=None)
         return False
 
     def _park(self, events: list[NewEvent], reason: str, error: dict[str, Any] | None) -> bool:
@@ -459,17 +466,27 @@ class RunDriver:
         """Wait durably, then run the same attempt again (no attempt is used up)."""
         payload = {"reason": reason, "until": _iso(self.o.clock() + wait)}
         deferred = self._event(EventType.STEP_DEFERRED, step, payload, error)
-        changes = {"last_error": error} if error is not None else {}
+        changes: dict[str, Any] = {"last_error": error} if error is not None else {}
         return self._wait([deferred], wait, **changes)
 
-    def _wait(self, events: list[NewEvent], wait: timedelta, **changes: Any) -> bool:
+    def _wait(
+        self,
+        events: list[NewEvent],
+        wait: timedelta,
+        *,
+        until: datetime | None = None,
+        **changes: Any,
+    ) -> bool:
         """Give the lease up until ``wait`` has passed; a short wait also sends the message.
 
         A delayed message is held by the broker (in the worker's memory, for
         Dramatiq's delays) until it is due: a long wait sends none, and the
         recovery pass takes the run when its time comes.
+
+        Args:
+            until: The time the wait ends, when the caller fixed it (a timer's).
         """
-        until = self.o.clock() + wait
+        until = until or self.o.clock() + wait
         message = wait <= self.o.max_message_delay
         # dispatched_at: the delayed message is due then; recovery steps in only if lost.
         dispatched_at = until if message else None
@@ -480,7 +497,7 @@ class RunDriver:
             self.o.dispatch(Dispatch(self.run_id, self.saga.name, self.saga.version, wait))
         return False
 
-    def _commit(self, events: Sequence[NewEvent], **changes: Any) -> bool:
+    def _commit(self, events: Sequence[NewEvent], **changes: Any) -> Written:
         written = self.o.log.append(self.run_id, self.token, events, self.o.clock(), **changes)
         if not written:
             logger.warning(
@@ -490,9 +507,12 @@ class RunDriver:
                 ", ".join(e.type.value for e in events),
             )
             self.o.hooks.write_refused(self.run_id, self.token, events)
-            return False
+            return written
+        if written is Written.CANCEL_ASKED and self.status is RunStatus.RUNNING:
+            # Asked while this drive held the run (from any process): turn at this boundary.
+            self.o.leases.note_cancel(self.run_id)
         self.o.hooks.after_checkpoint(self.run_id, events)
-        return True
+        return written
 
 
 def _ms_since(started: float) -> float:

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, literal_column, or_, update
 
 from sagaledger.store import SagaLog
-from sagaledger.store._schema import runs
+from sagaledger.store._schema import CANCEL_ASKED, runs
 
 
 @dataclass
@@ -83,7 +83,7 @@ class LeaseKeeper:
             update(runs)
             .where(fence)
             .values(wake_at=now + self._lease)
-            .returning(runs.c.id, runs.c.cancel_requested.is_not(None))
+            .returning(runs.c.id, literal_column(CANCEL_ASKED))
         )
         with self._log.engine.begin() as conn:
             renewed = conn.execute(renewal).all()

@@ -10,6 +10,7 @@ from sagaledger.store._records import (
     Phase,
     RunRecord,
     RunStatus,
+    Written,
     utc_now,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "SagaLog",
+    "Written",
     "create_store_engine",
     "current_revision",
     "head_revision",

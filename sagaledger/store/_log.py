@@ -23,6 +23,7 @@ from sagaledger.store._records import (
     Phase,
     RunRecord,
     RunStatus,
+    Written,
 )
 from sagaledger.store._schema import events, runs, workers
 
@@ -123,7 +124,7 @@ class SagaLog:
         *,
         new_token: int | None = None,
         **changes: Any,
-    ) -> bool:
+    ) -> Written:
         """Append events and apply ``changes`` to the run, fenced by ``token``.
 
         Args:
@@ -136,7 +137,8 @@ class SagaLog:
             changes: Run columns to set.
 
         Returns:
-            True if written; False if refused (nothing was written).
+            Whether it was written (false when refused: nothing was), and whether
+            the run has a cancel request (see :class:`Written`).
         """
         values = {**changes, "updated_at": now}
         if new_token is not None:

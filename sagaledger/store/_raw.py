@@ -29,8 +29,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
 from sagaledger.store._group import GroupCommit
-from sagaledger.store._records import RunRecord, RunStatus
-from sagaledger.store._schema import UTCDateTime, events, runs
+from sagaledger.store._records import RunRecord, RunStatus, Written
+from sagaledger.store._schema import CANCEL_ASKED, UTCDateTime, events, runs
 
 T = TypeVar("T")
 
@@ -60,14 +60,15 @@ class RawStatements:
 
     def append(
         self, run_id: str, token: int, values: dict[str, Any], event_rows: Sequence[dict[str, Any]]
-    ) -> bool:
+    ) -> Written:
         """Set ``values`` on the run and append its events if ``token`` is still current.
 
         The events' ``seq`` follows the run's ``last_seq``, advanced by the same
         write that checks the token; the ``seq`` given in ``event_rows`` is ignored.
 
         Returns:
-            True if committed; False when the token has moved (nothing written).
+            Whether it was committed (not when the token has moved), and whether
+            the run then has a cancel request, which the same statement reports.
         """
         raise NotImplementedError
 
@@ -210,24 +211,24 @@ class _SQLiteStatements(RawStatements):
 
     def append(
         self, run_id: str, token: int, values: dict[str, Any], event_rows: Sequence[dict[str, Any]]
-    ) -> bool:
+    ) -> Written:
         columns = frozenset(values)
         statement = self._statement(columns, lambda: _fenced_update(columns, ":{}"))
         params = self._encode(runs, values)
         params.update(_run=run_id, _token=token, _added=len(event_rows))
         encoded = [self._encode(events, e) for e in event_rows]
 
-        def write(cursor: Any) -> bool:
+        def write(cursor: Any) -> Written:
             cursor.execute(statement, params)
             row = cursor.fetchone()
             if row is None:
-                return False
+                return Written.REFUSED
             first_seq = int(row[0]) - len(encoded) + 1
             for offset, event in enumerate(encoded):
                 event["seq"] = first_seq + offset
             if encoded:
                 cursor.executemany(self._insert_event, encoded)
-            return True
+            return _written(row[1])
 
         return self._group.write(write)
 
@@ -294,13 +295,14 @@ class _PostgresStatements(RawStatements):
 
     def append(
         self, run_id: str, token: int, values: dict[str, Any], event_rows: Sequence[dict[str, Any]]
-    ) -> bool:
+    ) -> Written:
         columns = frozenset(values)
         statement = self._statement(
             (columns, len(event_rows)),
             lambda: (
                 f"WITH fenced AS ({_fenced_update(columns, '%({})s')})"
-                f"{_insert_events(len(event_rows), 'fenced')} SELECT last_seq FROM fenced"
+                f"{_insert_events(len(event_rows), 'fenced')}"
+                " SELECT last_seq, cancel_asked FROM fenced"
             ),
         )
         params = self._encode(runs, values)
@@ -308,7 +310,8 @@ class _PostgresStatements(RawStatements):
         self._add_events(params, event_rows)
         with self._cursor(write=True) as cursor:
             cursor.execute(statement, params)
-            return cursor.fetchone() is not None
+            row = cursor.fetchone()
+        return Written.REFUSED if row is None else _written(row[1])
 
     def _add_events(self, params: dict[str, Any], event_rows: Sequence[dict[str, Any]]) -> None:
         params["_added"] = len(event_rows)
@@ -346,8 +349,13 @@ def _fenced_update(columns: frozenset[str], placeholder: str) -> str:
     assignments = ", ".join(f"{name} = {p(name)}" for name in sorted(columns))
     return (
         f"UPDATE sagaledger_runs SET {assignments}, last_seq = last_seq + {p('_added')}"
-        f" WHERE id = {p('_run')} AND lease_token = {p('_token')} RETURNING last_seq"
+        f" WHERE id = {p('_run')} AND lease_token = {p('_token')}"
+        f" RETURNING last_seq, {CANCEL_ASKED} AS cancel_asked"
     )
+
+
+def _written(cancel_asked: Any) -> Written:
+    return Written.CANCEL_ASKED if cancel_asked else Written.DONE
 
 
 def _insert_events(count: int, source: str) -> str:

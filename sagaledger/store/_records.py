@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
 
@@ -84,6 +84,18 @@ class RunRecord:
     updated_at: datetime
     #: ``{"by": ..., "reason": ..., "at": ...}`` once someone asked to cancel the run.
     cancel_requested: dict[str, Any] | None = None
+
+
+class Written(Enum):
+    """What a fenced write did; true when it was written."""
+
+    REFUSED = "refused"  # the token had moved: nothing was written
+    DONE = "done"
+    #: Written, and the run has a cancel request: its driver turns at this boundary.
+    CANCEL_ASKED = "cancel_asked"
+
+    def __bool__(self) -> bool:
+        return self is not Written.REFUSED
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,10 @@ EventId: Any = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
 
+#: True for a run someone asked to cancel. The column is JSON, and JSON columns
+#: hold a JSON null (not SQL NULL) when empty: both must read as "not asked".
+CANCEL_ASKED = "(cancel_requested IS NOT NULL AND cancel_requested <> 'null')"
+
 runs = Table(
     "sagaledger_runs",
     metadata,

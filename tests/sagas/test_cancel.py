@@ -237,3 +237,23 @@ def test_past_a_completed_pivot_the_cancel_is_refused_and_the_run_goes_on(
     started = [(e.step, e.attempt) for e in h.events(run.id) if e.type is EventType.ATTEMPT_STARTED]
     assert ("notify", 2) in started
     h.close()
+
+
+def test_a_lease_renewal_notes_no_cancel_nobody_asked_for(store_url: str, ledger: str) -> None:
+    # Given a run in flight whose lease is renewed mid-step, and no cancel request
+    noted: list[bool] = []
+
+    class RenewDuring(Hooks):
+        def before_action(self, call: ActionCall) -> None:
+            if call.step == "charge_payment":
+                assert h.orchestrator.leases.renew() == 1
+                noted.append(h.orchestrator.leases.cancel_noted(call.run_id))
+
+    h = SagaHarness([order_saga], store_url=store_url, hooks=[RenewDuring()])
+    run = h.start(order_saga, order(ledger))
+    h.run_until_idle()
+
+    # Then the renewal saw no request (an empty JSON column is not one) and the run completed
+    assert noted == [False]
+    assert h.status(run.id) is RunStatus.COMPLETED
+    h.close()

@@ -12,7 +12,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
 from sagaledger import SchemaNotReadyError, StoreError
-from sagaledger.store import EventType, NewEvent, SagaLog, create_store_engine, upgrade
+from sagaledger.store import EventType, NewEvent, SagaLog, Written, create_store_engine, upgrade
 from sagaledger.store._migrate import VERSION_TABLE
 from sagaledger.store._schema import metadata
 from tests.helpers import run_row
@@ -257,3 +257,15 @@ def test_the_recovery_scan_reads_the_wake_up_index_even_without_statistics(
             assert "ix_sagaledger_runs_wake_at" in plan, plan
             assert "status" not in plan.replace("ix_sagaledger_runs_wake_at", ""), plan
     log.close()
+
+
+def test_a_write_says_whether_the_run_has_a_cancel_request(saga_log: SagaLog) -> None:
+    new_run(saga_log)
+    step = NewEvent(EventType.ATTEMPT_STARTED, "A")
+    assert saga_log.append("r1", 0, [step], NOW) is Written.DONE
+    asked = {"by": "alice", "reason": "duplicate", "at": NOW.isoformat()}
+    assert saga_log.append("r1", 0, [], NOW, cancel_requested=asked) is Written.CANCEL_ASKED
+    assert saga_log.append("r1", 0, [step], NOW) is Written.CANCEL_ASKED
+    assert saga_log.append("r1", 0, [], NOW, cancel_requested=None) is Written.DONE
+    assert saga_log.append("r1", 7, [step], NOW) is Written.REFUSED
+    assert not Written.REFUSED and Written.DONE and Written.CANCEL_ASKED
