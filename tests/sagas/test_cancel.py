@@ -257,3 +257,49 @@ def test_a_lease_renewal_notes_no_cancel_nobody_asked_for(store_url: str, ledger
     assert noted == [False]
     assert h.status(run.id) is RunStatus.COMPLETED
     h.close()
+
+
+def test_a_cancel_from_another_process_turns_the_run_at_the_next_checkpoint(
+    store_url: str, ledger: str
+) -> None:
+    # Given a cancel written by another process mid-step, and no lease renewal meanwhile
+    class CancelElsewhere(Hooks):
+        def before_action(self, call: ActionCall) -> None:
+            if call.step == "charge_payment" and call.phase.value == "forward":
+                other = SagaHarness([order_saga], store_url=store_url)
+                other.orchestrator.cancel(call.run_id, "duplicate order", by="service:shop")
+                other.close()
+
+    h = SagaHarness([order_saga], store_url=store_url, hooks=[CancelElsewhere()])
+    run = h.start(order_saga, order(ledger))
+    h.run_until_idle()
+
+    # Then the checkpoint of the step in flight reported the request: the run turned there
+    assert h.status(run.id) is RunStatus.COMPENSATED
+    assert [c for c in calls(ledger) if c[1] == "forward"] == [
+        ("reserve_inventory", "forward", 1),
+        ("charge_payment", "forward", 1),
+    ]
+    h.close()
+
+
+def test_a_cancel_during_the_last_step_is_too_late_and_says_so(store_url: str, ledger: str) -> None:
+    class CancelLast(Hooks):
+        def before_action(self, call: ActionCall) -> None:
+            if call.step == "send_email":
+                other = SagaHarness([order_saga], store_url=store_url)
+                other.orchestrator.cancel(call.run_id, "changed my mind", by="bob")
+                other.close()
+
+    h = SagaHarness([order_saga], store_url=store_url, hooks=[CancelLast()])
+    run = h.start(order_saga, order(ledger))
+    h.run_until_idle()
+
+    done = h.log.get_run(run.id)
+    assert done.status is RunStatus.COMPLETED
+    assert done.cancel_requested is None
+    outcomes = [
+        e.payload["outcome"] for e in h.events(run.id) if e.type is EventType.CANCEL_REQUESTED
+    ]
+    assert outcomes == ["cancelling after the step in flight", "too late: the run completed first"]
+    h.close()
