@@ -12,7 +12,7 @@ from typing import Any
 import dramatiq
 
 from sagaledger.sagas._dispatch import Dispatch, queue_for
-from sagaledger.sagas._orchestrator import Orchestrator
+from sagaledger.sagas._orchestrator import RECOVERY_BATCH, Orchestrator
 
 logger = logging.getLogger("sagaledger.worker")
 
@@ -108,8 +108,10 @@ class Maintenance:
                     self.orchestrator.leases.renew()
                     next_renewal = now + self.renew_interval
                 if now >= next_recovery:
-                    self.orchestrator.recover()
-                    next_recovery = now + self.recovery_interval
+                    found = self.orchestrator.recover()
+                    # A full batch means more are due (timers firing together): go on at once.
+                    busy = found >= RECOVERY_BATCH
+                    next_recovery = now if busy else now + self.recovery_interval
             except Exception:
                 # A database blip must not kill the thread; the next tick retries.
                 logger.exception("maintenance pass failed; retrying in a second")

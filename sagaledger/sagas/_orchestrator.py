@@ -62,6 +62,9 @@ class _HookChain(Hooks):
             hook.write_refused(run_id, token, events)
 
 
+#: Due runs one recovery pass takes at most; a full pass is followed by another at once.
+RECOVERY_BATCH = 500
+
 class Orchestrator:
     """Starts and drives saga runs; the saga log holds all of their state.
 
@@ -327,7 +330,7 @@ class Orchestrator:
 
     # -- recovery -------------------------------------------------------------
 
-    def recover(self, limit: int = 500) -> int:
+    def recover(self, limit: int = RECOVERY_BATCH) -> int:
         """Dispatch every run the log says is due; return how many.
 
         This is the one mechanism that re-drives work the broker lost: expired
