@@ -22,9 +22,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 
-from sagaledger.connectors.simulators._faults import EffectLedger, Fault, FaultKind, FaultPlan
+from sagaledger.connectors.simulators._faults import Fault, FaultKind
+from sagaledger.connectors.simulators._serving import ServedSimulator
 
 CONTROL_PREFIX = "/_simulator/"
 
@@ -66,59 +67,24 @@ class SimResponse:
 Operation = tuple[str, Callable[[], SimResponse]]
 
 
-class HttpSimulator(ABC):
+class HttpSimulator(ServedSimulator, ABC):
     """A simulated HTTP service on ``127.0.0.1``.
 
     Args:
         port: 0 for any free port (see :attr:`url`).
     """
 
-    #: The service's name, in logs.
-    system = "simulator"
-
     def __init__(self, port: int = 0):
-        self.faults = FaultPlan()
-        self.ledger = EffectLedger()
         self.requests: list[SimRequest] = []
         self._lock = threading.RLock()  # held while an operation applies its effect
-        self._stopping = threading.Event()  # ends the waits of latency and timeout faults
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._http = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self._http.daemon_threads = True
+        super().__init__(self._http)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = self._http.server_address[:2]
         return f"http://{host!s}:{port}"
-
-    def start(self) -> Self:
-        # A short poll interval: stop() waits for the serving loop to notice.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"{self.system}-simulator",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:  # shutdown() waits forever for a loop never started
-            self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def inject(self, fault: Fault) -> None:
-        """Add a fault for the next matching request(s)."""
-        self.faults.add(fault)
 
     # -- what subclasses provide ------------------------------------------------
 

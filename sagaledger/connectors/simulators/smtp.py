@@ -39,15 +39,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any, Self
+from typing import Any
 
 from sagaledger.connectors.simulators._faults import (
     Effect,
-    EffectLedger,
-    Fault,
     FaultKind,
-    FaultPlan,
 )
+from sagaledger.connectors.simulators._serving import ServedSimulator
 
 #: The operation name faults use to hit a message.
 SEND = "send"
@@ -85,7 +83,7 @@ class ReceivedMessage:
     duplicate: bool
 
 
-class SmtpSimulator:
+class SmtpSimulator(ServedSimulator):
     """A simulated SMTP server on ``127.0.0.1``, one thread per connection.
 
     Args:
@@ -119,54 +117,26 @@ class SmtpSimulator:
             raise ValueError(f"unsupported AUTH mechanism(s) {sorted(unknown)}: use PLAIN, LOGIN")
         self.require_auth = require_auth
         self.max_message_size = max_message_size
-        self.faults = FaultPlan()
-        self.ledger = EffectLedger()
         self.messages: list[ReceivedMessage] = []
         self._lock = threading.Lock()
         self._queue_ids = itertools.count(1)
-        self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", port), self)
-        self._thread: threading.Thread | None = None
+        self._sessions = _Server(("127.0.0.1", port), self)
+        super().__init__(self._sessions)
 
     @property
     def host(self) -> str:
-        return str(self._server.server_address[0])
+        return str(self._sessions.server_address[0])
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return int(self._sessions.server_address[1])
 
     @property
     def url(self) -> str:
         return f"smtp://{self.host}:{self.port}"
 
-    def start(self) -> Self:
-        # A short poll interval, so that stop() does not wait half a second for it.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="smtp-simulator", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop accepting, hang up on every open session, and wait for their threads."""
-        self._stopping.set()  # cuts short any held reply (latency, timeout)
-        if self._thread is not None:  # shutdown() waits for serve_forever, so only if started
-            self._server.shutdown()
-        self._server.hang_up_all()
-        self._server.server_close()  # joins the session threads
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def inject(self, fault: Fault) -> None:
-        """Add a fault for the next matching message(s)."""
-        self.faults.add(fault)
+    def _hang_up(self) -> None:
+        self._sessions.hang_up_all()  # server_close() then joins the session threads
 
     def check_credentials(self, username: str, password: str) -> bool:
         """True when AUTH should accept this pair."""
