@@ -10,8 +10,7 @@ fenced like every write, and the driver acts on it:
   pending attempt;
 - a run whose step is in flight is not turned under its worker's feet: the
   worker finishes the step, checkpoints it, and turns at that step boundary
-  (it learns of the request when it renews its lease, or at once when the
-  cancel was asked in its own process);
+  (the checkpoint's own write reports the request, from whichever process);
 - a run already compensating is left alone; the request is recorded as such.
 """
 
@@ -69,8 +68,7 @@ def request_cancel(o: Orchestrator, run_id: str, reason: str, by: str) -> Cancel
         if o.log.append(run.id, run.lease_token, [event], now, **changes):
             if waiting:
                 o.dispatch(Dispatch(run.id, run.saga_name, run.saga_version))
-            else:
-                o.leases.note_cancel(run.id)  # a driver in this process sees it at once
+            # Else the driver learns of it from its next checkpoint's write.
             return CancelOutcome.CANCELLING
     raise StoreError(f"run {run_id!r} kept changing while it was being cancelled; try again")
 

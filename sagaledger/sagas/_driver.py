@@ -76,6 +76,8 @@ class RunDriver:
             (run.last_error or {}).get("outcome_unknown")
         )
         self._unmarked_attempt = False
+        # Someone asked to cancel: read at the claim, or reported by a checkpoint's write.
+        self._cancel_seen = run.cancel_requested is not None
 
     # -- claiming -------------------------------------------------------------
 
@@ -371,18 +373,14 @@ class RunDriver:
 
     def _cancel_asked(self) -> bool:
         """True when someone asked to cancel this run and it is still going forward."""
-        if self.status is not RunStatus.RUNNING:
-            return False
-        return self._claimed_from.cancel_requested is not None or self.o.leases.cancel_noted(
-            self.run_id
-        )
+        return self._cancel_seen and self.status is RunStatus.RUNNING
 
     def _cancel(self, step: Step) -> bool:
         """Turn the run to compensation, as asked, instead of running ``step``."""
         asked = (
             self._claimed_from.cancel_requested or self.o.log.get_run(self.run_id).cancel_requested
         )
-        assert asked is not None  # noted by the lease keeper only once it was written
+        assert asked is not None  # seen only once it was written
         reason = f"cancelled by {asked['by']}: {asked['reason']}"
         pivot = completed_pivot(self.saga, list(self.outputs))
         if pivot is not None:
@@ -393,7 +391,7 @@ class RunDriver:
                 payload={**asked, "outcome": f"refused: pivot {pivot.name!r} has completed"},
             )
             self._claimed_from = replace(self._claimed_from, cancel_requested=None)
-            self.o.leases.release_cancel(self.run_id)
+            self._cancel_seen = False
             going_on = [refused]
             if self._unmarked_attempt:
                 going_on.append(self._event(EventType.ATTEMPT_STARTED, step))
@@ -510,7 +508,7 @@ class RunDriver:
             return written
         if written is Written.CANCEL_ASKED and self.status is RunStatus.RUNNING:
             # Asked while this drive held the run (from any process): turn at this boundary.
-            self.o.leases.note_cancel(self.run_id)
+            self._cancel_seen = True
         self.o.hooks.after_checkpoint(self.run_id, events)
         return written
 

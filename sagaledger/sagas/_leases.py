@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, literal_column, or_, update
+from sqlalchemy import and_, or_, update
 
 from sagaledger.store import SagaLog
-from sagaledger.store._schema import CANCEL_ASKED, runs
+from sagaledger.store._schema import runs
 
 
 @dataclass
@@ -36,7 +36,6 @@ class LeaseKeeper:
     def __init__(self, log: SagaLog, lease: timedelta, clock: Callable[[], datetime]):
         self._log, self._lease, self._clock = log, lease, clock
         self._held: dict[str, _Held] = {}
-        self._cancels: set[str] = set()  # held runs someone asked to cancel
         self._lock = threading.Lock()
 
     def hold(self, run_id: str, token: int, now: datetime, timeout: timedelta) -> None:
@@ -50,47 +49,18 @@ class LeaseKeeper:
             held = self._held.get(run_id)
             if held is not None and held.token == token:
                 del self._held[run_id]
-                self._cancels.discard(run_id)
-
-    def note_cancel(self, run_id: str) -> None:
-        """Remember that ``run_id``, held here, was asked to be cancelled."""
-        with self._lock:
-            if run_id in self._held:
-                self._cancels.add(run_id)
-
-    def release_cancel(self, run_id: str) -> None:
-        """Forget a noted cancel (its driver refused it)."""
-        with self._lock:
-            self._cancels.discard(run_id)
-
-    def cancel_noted(self, run_id: str) -> bool:
-        """True once a cancel of held ``run_id`` was noted (here, or by a renewal)."""
-        return run_id in self._cancels
 
     def renew(self) -> int:
-        """Push the wake-up time of every healthy held lease; return how many.
-
-        The same statement reports which of them someone asked to cancel, so
-        that their drivers turn at their next step boundary.
-        """
+        """Push the wake-up time of every healthy held lease; return how many."""
         now = self._clock()
         with self._lock:
             healthy = [(r, h.token) for r, h in self._held.items() if h.deadline > now]
         if not healthy:
             return 0
         fence = or_(*(and_(runs.c.id == r, runs.c.lease_token == t) for r, t in healthy))
-        renewal = (
-            update(runs)
-            .where(fence)
-            .values(wake_at=now + self._lease)
-            .returning(runs.c.id, literal_column(CANCEL_ASKED))
-        )
         with self._log.engine.begin() as conn:
-            renewed = conn.execute(renewal).all()
-        for run_id, cancel_asked in renewed:
-            if cancel_asked:
-                self.note_cancel(run_id)
-        return len(renewed)
+            result = conn.execute(update(runs).where(fence).values(wake_at=now + self._lease))
+        return int(result.rowcount)
 
     def __len__(self) -> int:
         return len(self._held)

@@ -65,6 +65,7 @@ class _HookChain(Hooks):
 #: Due runs one recovery pass takes at most; a full pass is followed by another at once.
 RECOVERY_BATCH = 500
 
+
 class Orchestrator:
     """Starts and drives saga runs; the saga log holds all of their state.
 
