@@ -310,17 +310,18 @@ class NetSuiteErp(HttpConnector):
         json: Any = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """Sign the request as it will be sent (query string included), then send it."""
-        url = f"{self.base_url}{path}"
-        # The client may add default params: sign the URL it will really send.
-        signed_url = str(self.client.build_request(method, url, params=params).url)
-        auth = {"Authorization": self._signer.authorization(method, signed_url)}
+        """Send a request to the REST API (signed by :meth:`prepare`)."""
         extra: dict[str, Any] = {}
         if params is not None:
             extra["params"] = params
         if json is not None:
             extra["json"] = json
-        return self.send(method, url, operation, headers={**auth, **(headers or {})}, **extra)
+        return self.send(method, f"{self.base_url}{path}", operation, headers=headers, **extra)
+
+    def prepare(self, request: httpx.Request) -> None:
+        """Sign the request as it is sent (its final URL, query included), afresh on each try."""
+        signature = self._signer.authorization(request.method, str(request.url))
+        request.headers["Authorization"] = signature
 
     def error_code(self, response: httpx.Response) -> tuple[str | None, str]:
         """NetSuite's error: the first ``o:errorDetails`` entry's code and detail."""

@@ -37,7 +37,7 @@ import logging
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Protocol
 
 import httpx
 
@@ -114,9 +114,6 @@ class StripePayments(HttpConnector):
             self._headers["Stripe-Version"] = stripe_version
         self._clock = clock
         self._recent_window = recent_window
-
-    def __enter__(self) -> Self:
-        return self
 
     # -- effects ------------------------------------------------------------------
 
