@@ -186,6 +186,7 @@ def active_runs(m: int, now: datetime) -> list[dict[str, Any]]:
                 "last_seq": 4,
                 "blocked_reason": None,
                 "cancel_requested": None,
+                "awaiting": None,
                 "last_error": None,
                 "created_at": now - timedelta(minutes=5),
                 "updated_at": now - timedelta(minutes=1),

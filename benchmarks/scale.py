@@ -220,6 +220,7 @@ def waiting_runs(n: int, now: datetime) -> Iterator[list[dict[str, Any]]]:
                     "last_seq": 5,
                     "blocked_reason": None,
                     "cancel_requested": None,
+                    "awaiting": None,
                     "last_error": {"type": "Timeout", "message": "timed out", "retryable": True},
                     "created_at": now - timedelta(minutes=1),
                     "updated_at": now,

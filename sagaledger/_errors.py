@@ -8,6 +8,9 @@
     ├── InputValidationError     start input failed validation (names the fields)
     ├── UnknownRunError          no run with this id
     ├── RunNotActiveError        the run has finished (or is parked): nothing to act on
+    ├── RunNotWaitingError       the run does not wait for what was sent (an approval)
+    ├── NotAllowedToDecideError  this person may not decide the run's approval
+    ├── UnknownEventError        no saga waits for an event of this name
     ├── StoreError               the saga log cannot be used
     │   └── SchemaNotReadyError  the database schema is missing or out of date
     ├── BrokerError              the broker URL is malformed or its server unreachable
@@ -112,6 +115,51 @@ class RunNotActiveError(SagaLedgerError):
     def __init__(self, run_id: str, status: str, action: str):
         super().__init__(f"cannot {action} run {run_id!r}: it is {status}")
         self.run_id, self.status, self.action = run_id, status, action
+
+
+class RunNotWaitingError(SagaLedgerError):
+    """The run does not wait for what was sent (a decision on an approval).
+
+    Args:
+        run_id: The run.
+        message: What it does instead, or why the decision no longer applies.
+    """
+
+    def __init__(self, run_id: str, message: str):
+        super().__init__(f"run {run_id!r} {message}")
+        self.run_id = run_id
+
+
+class NotAllowedToDecideError(SagaLedgerError):
+    """The person is not among those who may decide the run's approval now.
+
+    Args:
+        run_id: The run.
+        step: The approval step.
+        who: Who tried to decide.
+        allowed: Who may (names or ``fnmatch`` patterns).
+    """
+
+    def __init__(self, run_id: str, step: str, who: str, allowed: list[str]):
+        super().__init__(
+            f"{who!r} may not decide approval {step!r} of run {run_id!r}; "
+            f"it may be decided by: {', '.join(allowed)}"
+        )
+        self.run_id, self.step, self.who, self.allowed = run_id, step, who, allowed
+
+
+class UnknownEventError(SagaLedgerError):
+    """No saga known to this process or to a live worker waits for an event of this name.
+
+    Args:
+        name: The event's name.
+        known: The names that are waited for.
+    """
+
+    def __init__(self, name: str, known: list[str]):
+        listed = ", ".join(known) if known else "none (start a worker with the sagas first)"
+        super().__init__(f"unknown event {name!r}: no saga waits for it; known events: {listed}")
+        self.name, self.known = name, known
 
 
 class StoreError(SagaLedgerError):

@@ -31,6 +31,7 @@ def run_row(run_id: str, wake_at: datetime | None, **changes: Any) -> dict[str, 
         "dispatched_at": None,
         "blocked_reason": None,
         "cancel_requested": None,
+        "awaiting": None,
         "last_error": None,
         **changes,
     }

@@ -1,12 +1,20 @@
 """Defining sagas, the registry, the orchestrator and the Dramatiq runtime."""
 
 from sagaledger.sagas._actors import DRIVE_ACTOR, Maintenance, MaintenanceMiddleware, declare_actors
+from sagaledger.sagas._approvals import (
+    ApprovalWait,
+    Decision,
+    Escalate,
+    PendingApproval,
+    approval,
+)
 from sagaledger.sagas._brokers import build_broker
 from sagaledger.sagas._cancel import CancelOutcome
 from sagaledger.sagas._context import CompensationContext, StepContext, idempotency_key
 from sagaledger.sagas._definition import Saga, Step, step
 from sagaledger.sagas._dispatch import Dispatch, Dispatcher, queue_for
 from sagaledger.sagas._embedded import EmbeddedWorker
+from sagaledger.sagas._external_events import EventWait, SignalReceipt, wait_for_event
 from sagaledger.sagas._hooks import ActionCall, Hooks
 from sagaledger.sagas._orchestrator import Orchestrator
 from sagaledger.sagas._policy import RetryPolicy, RetrySafety, RetrySafetyKind
@@ -17,28 +25,36 @@ from sagaledger.sagas._worker import SagaWorker
 __all__ = [
     "DRIVE_ACTOR",
     "ActionCall",
+    "ApprovalWait",
     "CancelOutcome",
     "CompensationContext",
+    "Decision",
     "Dispatch",
     "Dispatcher",
     "EmbeddedWorker",
+    "Escalate",
+    "EventWait",
     "Hooks",
     "Maintenance",
     "MaintenanceMiddleware",
     "Orchestrator",
+    "PendingApproval",
     "Registry",
     "RetryPolicy",
     "RetrySafety",
     "RetrySafetyKind",
     "Saga",
     "SagaWorker",
+    "SignalReceipt",
     "Step",
     "StepContext",
     "TimerWait",
+    "approval",
     "build_broker",
     "declare_actors",
     "idempotency_key",
     "queue_for",
     "step",
     "timer",
+    "wait_for_event",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -26,6 +26,9 @@ from sagaledger.sagas._policy import (
     RetryPolicy,
     RetrySafety,
 )
+
+if TYPE_CHECKING:
+    from sagaledger.sagas._waits import Wait
 
 #: Names are stored in the log and looked up on resume, so keep them plain.
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
@@ -55,7 +58,8 @@ class Step:
         timeout: How long one attempt may run before another worker may take over.
         rate_limit: The limit of the connector the step calls, shared by every
             worker (and by every step naming the same limit).
-        wait: Set on steps that wait instead of acting (see :func:`timer`).
+        wait: Set on steps that wait instead of acting (see :func:`timer`,
+            :func:`approval`, :func:`wait_for_event`).
     """
 
     name: str
@@ -68,7 +72,7 @@ class Step:
     compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
     timeout: timedelta = timedelta(minutes=5)
     rate_limit: RateLimit | None = None
-    wait: Any = None  # a TimerWait (its module builds on this one)
+    wait: Wait | None = None
 
     @property
     def compensable(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,15 @@ from sagaledger.sagas._failures import (
 )
 from sagaledger.sagas._hooks import ActionCall
 from sagaledger.sagas._policy import RetryPolicy
-from sagaledger.store import EventType, NewEvent, Phase, RunRecord, RunStatus, Written
+from sagaledger.store import (
+    EventRecord,
+    EventType,
+    NewEvent,
+    Phase,
+    RunRecord,
+    RunStatus,
+    Written,
+)
 
 if TYPE_CHECKING:
     from sagaledger.sagas._orchestrator import Orchestrator
@@ -78,6 +86,9 @@ class RunDriver:
         self._unmarked_attempt = False
         # Someone asked to cancel: read at the claim, or reported by a checkpoint's write.
         self._cancel_seen = run.cancel_requested is not None
+        # What the run waited for (an approval, an event); cleared when it moves on.
+        self._awaiting = run.awaiting
+        self._released = False  # the last write let the run go (a wait)
 
     # -- claiming -------------------------------------------------------------
 
@@ -103,7 +114,7 @@ class RunDriver:
             if self._cancel_asked():
                 self._unmarked_attempt = True  # started only if the cancel is refused
             else:
-                first.append(self._event(EventType.ATTEMPT_STARTED, step))
+                first.append(self.event(EventType.ATTEMPT_STARTED, step))
         new_token = run.lease_token + 1
         claimed = self.o.log.append(
             self.run_id,
@@ -173,7 +184,7 @@ class RunDriver:
         if self._cancel_asked():
             return self._cancel(step)
         if step.wait is not None and self.phase is Phase.FORWARD:
-            return self._timer(step)
+            return bool(step.wait.resume(self, step))
         if self.attempt > self._policy(step).max_attempts:
             return self._failed(step, lost_attempt(self.attempt - 1))
         call = self._call(step)
@@ -200,7 +211,7 @@ class RunDriver:
         if self.phase is Phase.COMPENSATE:
             payload = {"result": result, "duration_ms": took}
             self.compensated.add(step.name)
-            done = self._event(EventType.COMPENSATION_COMPLETED, step, payload)
+            done = self.event(EventType.COMPENSATION_COMPLETED, step, payload)
             return self._unwind([done])
         return self._completed(
             step, {"output": result, "duration_ms": took, "via_probe": via_probe}
@@ -210,7 +221,7 @@ class RunDriver:
         self, step: Step, payload: dict[str, Any], before: Sequence[NewEvent] = ()
     ) -> bool:
         """Checkpoint ``step``'s completion (``payload`` holds its output) and move on."""
-        events = [*before, self._event(EventType.STEP_COMPLETED, step, payload)]
+        events = [*before, self.event(EventType.STEP_COMPLETED, step, payload)]
         self.outputs[step.name] = payload["output"]
         self._in_doubt = False
         if self.index + 1 == len(self.saga.steps):
@@ -218,34 +229,51 @@ class RunDriver:
             return self._finish(events, RunStatus.COMPLETED, last_error=None)
         return self._advance(events, RunStatus.RUNNING, self.index + 1, last_error=None)
 
-    def _timer(self, step: Step) -> bool:
-        """A timer step: start it once (its time goes to the log), complete it once due."""
-        now = self.o.clock()
-        started: list[NewEvent] = []
-        until = self._timer_started(step)
-        if until is None:
-            ctx = StepContext(**self._context_fields(self._call(step)), outputs=dict(self.outputs))
-            try:
-                until = step.wait.fires_at(ctx, now)
-            except Exception as exc:  # a failing until(): a step failure like any other
-                return self._failed(step, exc)
-            payload = {"until": until.isoformat()}
-            started.append(self._event(EventType.TIMER_STARTED, step, payload))
-        if until > now:  # nothing runs meanwhile: the log's wake-up time is the timer
-            return self._wait(started, until - now, until=until)
-        output = {"until": until.isoformat(), "fired_at": now.isoformat()}
+    # -- for waiting steps (timers, approvals, external events) --------------------
+
+    def context(self, step: Step) -> StepContext[Any]:
+        """The context ``step``'s functions see (the input, earlier outputs)."""
+        return StepContext(**self._context_fields(self._call(step)), outputs=dict(self.outputs))
+
+    def latest(self, step: Step, types: Sequence[EventType]) -> EventRecord | None:
+        """The last event of ``types`` this run wrote at ``step`` before this drive, if any."""
+        if self._claimed_from.step_index != self.index:
+            return None  # reached in this drive: nothing of it can be in the log yet
+        found = [e for e in self.o.log.events(self.run_id, types=types) if e.step == step.name]
+        return found[-1] if found else None
+
+    def complete(self, step: Step, output: Any, before: Sequence[NewEvent] = ()) -> bool:
+        """Checkpoint a waiting step as completed with ``output`` (after ``before``)."""
         return self._completed(
-            step, {"output": output, "duration_ms": 0.0, "via_probe": False}, started
+            step, {"output": output, "duration_ms": 0.0, "via_probe": False}, before
         )
 
-    def _timer_started(self, step: Step) -> datetime | None:
-        """When this run's timer at ``step`` fires, if it was started before this drive."""
-        if self._claimed_from.step_index != self.index:
-            return None  # reached in this drive: it cannot have started yet
-        for event in reversed(self.o.log.events(self.run_id, types=[EventType.TIMER_STARTED])):
-            if event.step == step.name:
-                return datetime.fromisoformat(event.payload["until"])
-        return None
+    def fail(self, step: Step, exc: BaseException, before: Sequence[NewEvent] = ()) -> bool:
+        """Fail ``step`` with ``exc`` as if its action had raised it (after ``before``)."""
+        return self._failed(step, exc, before)
+
+    def wait_until(
+        self,
+        events: list[NewEvent],
+        until: datetime,
+        *,
+        awaiting: str | None = None,
+        arrived: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Give the run up until ``until``, or until what it awaits is delivered.
+
+        Args:
+            awaiting: What the run waits for (see ``_waits``): delivering it wakes the run.
+            arrived: Whether it was delivered meanwhile. Asked once the run is let
+                go: a delivery made while this drive held the run could not wake
+                it, and would otherwise wait for ``until``.
+        """
+        changes = {} if awaiting is None else {"awaiting": awaiting}
+        now = self.o.clock()
+        self._wait(events, max(until - now, timedelta(0)), until=until, **changes)
+        if self._released and awaiting is not None and arrived is not None and arrived():
+            self.o.wake(awaiting, run_id=self.run_id)
+        return False
 
     def _act(self, step: Step, call: ActionCall) -> tuple[Any, bool]:
         """Run the forward action (or find, by probe, that it already landed)."""
@@ -278,7 +306,7 @@ class RunDriver:
                 f"its outcome is unknown and it has no probe: check step {step.name!r} "
                 "in the remote system before resolving the run"
             )
-        ctx = StepContext(**self._context_fields(self._call(step)), outputs=dict(self.outputs))
+        ctx = self.context(step)
         try:
             found = safety.probe_fn(ctx)
         except Exception as exc:
@@ -288,7 +316,7 @@ class RunDriver:
         output = to_json(found)
         self.outputs[step.name] = output
         payload = {"output": output, "duration_ms": 0.0, "via_probe": True}
-        return self._event(EventType.STEP_COMPLETED, step, payload)
+        return self.event(EventType.STEP_COMPLETED, step, payload)
 
     def _compensate(self, step: Step, call: ActionCall) -> Any:
         """Run the compensation with the output its forward step recorded."""
@@ -308,10 +336,19 @@ class RunDriver:
             "input": self.input,
         }
 
-    def _event(
-        self, kind: EventType, step: Step, payload: Any = None, error: dict[str, Any] | None = None
+    def event(
+        self,
+        kind: EventType,
+        step: Step,
+        payload: Any = None,
+        error: dict[str, Any] | None = None,
+        *,
+        actor: str | None = None,
     ) -> NewEvent:
-        return NewEvent(kind, self.o.actor, step.name, self.phase, self.attempt, payload, error)
+        """An event of ``step`` at this attempt, by this worker unless ``actor`` says who."""
+        return NewEvent(
+            kind, actor or self.o.actor, step.name, self.phase, self.attempt, payload, error
+        )
 
     # -- outcomes -------------------------------------------------------------
 
@@ -322,14 +359,15 @@ class RunDriver:
             return retry_after
         return policy.backoff(attempt, self.o.rng)
 
-    def _failed(self, step: Step, exc: BaseException) -> bool:
+    def _failed(self, step: Step, exc: BaseException, before: Sequence[NewEvent] = ()) -> bool:
         policy = self._policy(step)
         if getattr(exc, "rate_limited", False) is True:
             wait = self._delay(exc, policy, 1)
             if step.rate_limit is not None:  # hold every worker off this connector
                 self.o.rate_limiter.block(step.rate_limit.name, wait.total_seconds())
             error = describe_error(exc, retryable=True)
-            return self._defer(step, wait, f"the remote side is rate limiting: {exc}", error)
+            reason = f"the remote side is rate limiting: {exc}"
+            return self._defer(step, wait, reason, error, before)
         permanent = is_non_retryable(exc, policy)
         error = describe_error(exc, retryable=not permanent)
         phase = self.phase
@@ -337,25 +375,25 @@ class RunDriver:
             EventType.STEP_FAILED if phase is Phase.FORWARD else EventType.COMPENSATION_FAILED
         )
 
-        def failure(outcome: str, **extra: Any) -> NewEvent:
-            return self._event(failed_type, step, {"outcome": outcome, **extra}, error)
+        def failure(outcome: str, **extra: Any) -> list[NewEvent]:
+            return [*before, self.event(failed_type, step, {"outcome": outcome, **extra}, error)]
 
         exhausted = self.attempt >= policy.max_attempts
         if not permanent and not exhausted:
             delay = self._delay(exc, policy, self.attempt)
             retry_at = self.o.clock() + delay
             retry = failure("retry", retry_at=_iso(retry_at))
-            return self._wait([retry], delay, attempt=self.attempt + 1, last_error=error)
+            return self._wait(retry, delay, attempt=self.attempt + 1, last_error=error)
         why = "failed permanently" if permanent else f"failed after {self.attempt} attempts"
         summary = f"step {step.name!r} {why}: {error['message']}"
         if phase is Phase.COMPENSATE:
-            return self._park([failure("park")], f"compensation of {summary}", error)
-        events = [failure("compensate")]  # before the turn, which changes self.phase
+            return self._park(failure("park"), f"compensation of {summary}", error)
+        events = failure("compensate")  # before the turn, which changes self.phase
         if may_have_landed(exc) and step.compensable:
             try:
                 landed = self._landed_anyway(step)
             except Unknowable as why:
-                return self._park([failure("park")], f"{summary}; {why}", error)
+                return self._park(failure("park"), f"{summary}; {why}", error)
             if landed is not None:
                 events.append(landed)
         pivot = completed_pivot(self.saga, list(self.outputs))
@@ -363,7 +401,7 @@ class RunDriver:
             reason = (
                 f"{summary}; pivot {pivot.name!r} has completed, so the run cannot be compensated"
             )
-            return self._park([failure("park")], reason, error)
+            return self._park(failure("park"), reason, error)
         self.reason = summary
         turned = NewEvent(EventType.COMPENSATION_STARTED, self.o.actor, payload={"reason": summary})
         self.status = RunStatus.COMPENSATING
@@ -394,7 +432,7 @@ class RunDriver:
             self._cancel_seen = False
             going_on = [refused]
             if self._unmarked_attempt:
-                going_on.append(self._event(EventType.ATTEMPT_STARTED, step))
+                going_on.append(self.event(EventType.ATTEMPT_STARTED, step))
             return bool(self._commit(going_on, cancel_requested=None))
         events: list[NewEvent] = []
         if self._in_doubt and step.compensable:
@@ -426,7 +464,7 @@ class RunDriver:
     ) -> bool:
         self.status, self.index, self.attempt = status, index, 1
         step = self.saga.steps[index]
-        events.append(self._event(EventType.ATTEMPT_STARTED, step))
+        events.append(self.event(EventType.ATTEMPT_STARTED, step))
         now = self.o.clock()
         written = self._commit(
             events,
@@ -435,16 +473,23 @@ class RunDriver:
             step=step.name,
             attempt=1,
             wake_at=now + self.o.lease,
-            **changes,
+            **self._moving_on(changes),
         )
         if written:
             self.o.leases.hold(self.run_id, self.token, now, step.timeout)
         return bool(written)
 
+    def _moving_on(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """``changes``, plus clearing what the run awaited: it awaits it no longer."""
+        if self._awaiting is not None:
+            self._awaiting = None
+            return {**changes, "awaiting": None}
+        return changes
+
     def _finish(self, events: list[NewEvent], status: RunStatus, **changes: Any) -> bool:
         self.status = status
         written = self._commit(
-            events, status=status.value, lease_owner=None, wake_at=None, **changes
+            events, status=status.value, lease_owner=None, wake_at=None, **self._moving_on(changes)
         )
         if written is Written.CANCEL_ASKED and status is RunStatus.COMPLETED:
             # The cancel came during the last step, too late to undo the run: say so.
@@ -459,13 +504,18 @@ class RunDriver:
         return self._finish(events, RunStatus.PARKED, blocked_reason=reason, last_error=error)
 
     def _defer(
-        self, step: Step, wait: timedelta, reason: str, error: dict[str, Any] | None = None
+        self,
+        step: Step,
+        wait: timedelta,
+        reason: str,
+        error: dict[str, Any] | None = None,
+        before: Sequence[NewEvent] = (),
     ) -> bool:
         """Wait durably, then run the same attempt again (no attempt is used up)."""
         payload = {"reason": reason, "until": _iso(self.o.clock() + wait)}
-        deferred = self._event(EventType.STEP_DEFERRED, step, payload, error)
+        deferred = self.event(EventType.STEP_DEFERRED, step, payload, error)
         changes: dict[str, Any] = {"last_error": error} if error is not None else {}
-        return self._wait([deferred], wait, **changes)
+        return self._wait([*before, deferred], wait, **changes)
 
     def _wait(
         self,
@@ -491,6 +541,7 @@ class RunDriver:
         written = self._commit(
             events, lease_owner=None, wake_at=until, dispatched_at=dispatched_at, **changes
         )
+        self._released = bool(written)
         if written and message:
             self.o.dispatch(Dispatch(self.run_id, self.saga.name, self.saga.version, wait))
         return False

@@ -16,15 +16,26 @@ from pydantic import BaseModel, ValidationError
 
 from sagaledger._errors import InputValidationError, UnknownRunError
 from sagaledger.connectors._ratelimit import MemoryRateLimiter, RateLimit, RateLimiter
+from sagaledger.sagas._approvals import Decision, PendingApproval, decide, pending_approval
 from sagaledger.sagas._cancel import CancelOutcome, request_cancel
 from sagaledger.sagas._definition import Saga
 from sagaledger.sagas._dispatch import Dispatch, Dispatcher
 from sagaledger.sagas._driver import RunDriver
+from sagaledger.sagas._external_events import SignalReceipt, deliver
 from sagaledger.sagas._hooks import ActionCall, Hooks
 from sagaledger.sagas._leases import LeaseKeeper
 from sagaledger.sagas._liveness import host_key, is_running
 from sagaledger.sagas._registry import Registry
-from sagaledger.store import EventType, NewEvent, RunRecord, RunStatus, SagaLog, utc_now
+from sagaledger.sagas._waits import APPROVAL_AWAITING
+from sagaledger.store import (
+    EventRecord,
+    EventType,
+    NewEvent,
+    RunRecord,
+    RunStatus,
+    SagaLog,
+    utc_now,
+)
 from sagaledger.store._log import Definition
 
 logger = logging.getLogger("sagaledger.orchestrator")
@@ -154,6 +165,15 @@ class Orchestrator:
                 # The log still has the run; the recovery pass re-drives it.
                 logger.exception("could not dispatch run %s; recovery will", request.run_id)
 
+    def wake(self, awaiting: str, *, run_id: str | None = None) -> list[str]:
+        """Wake the runs waiting for ``awaiting`` (only ``run_id``, if given); return their ids."""
+        woken = self.log.wake_awaiting(
+            awaiting, self.clock(), dispatched=self.dispatching, run_id=run_id
+        )
+        for run in woken:
+            self.dispatch(Dispatch(run.id, run.saga_name, run.saga_version))
+        return [run.id for run in woken]
+
     def acquire(self, limit: RateLimit, holder: str) -> timedelta | None:
         """Take a slot of ``limit``, waiting in this thread if one frees up soon.
 
@@ -230,6 +250,7 @@ class Orchestrator:
             "dispatched_at": now if self.dispatching else None,
             "blocked_reason": None,
             "cancel_requested": None,
+            "awaiting": None,
             "last_error": None,
         }
         started = NewEvent(
@@ -329,6 +350,66 @@ class Orchestrator:
         """
         return request_cancel(self, run_id, reason, by)
 
+    # -- approvals and external events ----------------------------------------
+
+    def approve(self, run_id: str, *, by: str, reason: str = "") -> EventRecord:
+        """Approve the approval ``run_id`` waits for; the run goes on.
+
+        The decision is kept at once and applied by a worker (when one starts,
+        if none runs): the log then records it as ``approval_decided``, with
+        ``by`` as the actor, the time, the reason and what was shown.
+
+        Args:
+            run_id: The run.
+            by: Who decides; must be among the approvers the request names.
+            reason: Why (optional for an approval).
+
+        Returns:
+            The request decided on (who could decide, the deadline, what was shown).
+
+        Raises:
+            UnknownRunError: no such run.
+            RunNotActiveError: the run has finished.
+            RunNotWaitingError: it does not wait for an approval, the deadline has
+                passed, or someone has already decided.
+            NotAllowedToDecideError: ``by`` is not among the approvers.
+            ValueError: an empty ``by``.
+        """
+        return decide(self, run_id, Decision.APPROVE, by, reason)
+
+    def reject(self, run_id: str, *, by: str, reason: str) -> EventRecord:
+        """Reject the approval ``run_id`` waits for: its completed steps are compensated.
+
+        See :meth:`approve` for the arguments and errors; a rejection needs a reason.
+        """
+        return decide(self, run_id, Decision.REJECT, by, reason)
+
+    def pending_approvals(self, limit: int = 100) -> list[PendingApproval]:
+        """The approvals runs wait for now, newest runs first."""
+        waiting = self.log.list_runs(awaiting=APPROVAL_AWAITING, limit=limit)
+        return [PendingApproval.of(run, pending_approval(self, run)[1]) for run in waiting]
+
+    def signal(self, name: str, key: str, payload: Any = None, *, by: str = "api") -> SignalReceipt:
+        """Deliver the external event ``name`` with correlation ``key``.
+
+        The event is kept whether or not a run waits for it yet, once per name
+        and key: a run that reaches its wait later finds it, and a second
+        delivery is ignored (the receipt says so). Every run waiting for it is
+        woken.
+
+        Args:
+            name: The event's name, as steps wait for it (``payment.settled``).
+            key: The correlation key (the order number).
+            payload: What the waiting step returns as the event's payload (JSON).
+            by: Who sends it, kept as the actor.
+
+        Raises:
+            UnknownEventError: no saga registered here, or run by a worker seen
+                in the last day, waits for an event of this name.
+            ValueError: an empty or over-long key, or a payload that is not JSON.
+        """
+        return deliver(self, name, key, payload, by)
+
     # -- recovery -------------------------------------------------------------
 
     def recover(self, limit: int = RECOVERY_BATCH) -> int:
@@ -339,7 +420,14 @@ class Orchestrator:
         """
         now = self.clock()
         mine = self.registry.definitions()
-        self.log.heartbeat(self.worker_id, mine, now, host_key=self.host_key, pid=os.getpid())
+        self.log.heartbeat(
+            self.worker_id,
+            mine,
+            now,
+            host_key=self.host_key,
+            pid=os.getpid(),
+            events=self.registry.event_names(),
+        )
         # A dead process may also have held the messages of runs it dispatched (an
         # in-memory queue dies with it, prefetched broker messages come back late):
         # then take every due run now, not a dispatch grace later. A run whose

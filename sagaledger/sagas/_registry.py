@@ -59,6 +59,15 @@ class Registry:
         """(name, version, fingerprint) of every registered saga."""
         return {(s.name, s.version, s.fingerprint) for s in self._sagas.values()}
 
+    def event_names(self) -> set[str]:
+        """The names of the external events the registered sagas wait for."""
+        return {
+            name
+            for saga in self._sagas.values()
+            for s in saga.steps
+            if isinstance(name := getattr(s.wait, "event", None), str)
+        }
+
     def describe(self) -> str:
         """A short list of what is registered, for error messages."""
         return ", ".join(f"{n} v{v}" for (n, v) in sorted(self._sagas))

@@ -13,12 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sagaledger._errors import DefinitionError
 from sagaledger.sagas._context import StepContext
 from sagaledger.sagas._definition import Step
 from sagaledger.sagas._policy import RetrySafety
+from sagaledger.sagas._waits import parse_time
+from sagaledger.store import EventType, NewEvent
+
+if TYPE_CHECKING:
+    from sagaledger.sagas._driver import RunDriver
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,25 @@ class TimerWait:
                 step=ctx.step,
             )
         return when
+
+    def resume(self, driver: RunDriver, step: Step) -> bool:
+        """Start the timer once (its time goes to the log); complete the step once due."""
+        now = driver.o.clock()
+        started: list[NewEvent] = []
+        record = driver.latest(step, [EventType.TIMER_STARTED])
+        if record is not None:
+            until = parse_time(record.payload["until"])
+        else:
+            try:
+                until = self.fires_at(driver.context(step), now)
+            except Exception as exc:  # a failing until(): a step failure like any other
+                return driver.fail(step, exc)
+            payload = {"until": until.isoformat()}
+            started.append(driver.event(EventType.TIMER_STARTED, step, payload))
+        if until > now:  # nothing runs meanwhile: the log's wake-up time is the timer
+            return driver.wait_until(started, until)
+        output = {"until": until.isoformat(), "fired_at": now.isoformat()}
+        return driver.complete(step, output, started)
 
 
 def _nothing(ctx: StepContext[Any]) -> None:

@@ -10,6 +10,7 @@ from sagaledger.store._records import (
     Phase,
     RunRecord,
     RunStatus,
+    SignalRecord,
     Written,
     utc_now,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "SagaLog",
+    "SignalRecord",
     "Written",
     "create_store_engine",
     "current_revision",

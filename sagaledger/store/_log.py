@@ -23,9 +23,10 @@ from sagaledger.store._records import (
     Phase,
     RunRecord,
     RunStatus,
+    SignalRecord,
     Written,
 )
-from sagaledger.store._schema import events, runs, workers
+from sagaledger.store._schema import events, runs, signals, workers
 
 
 class SagaLog:
@@ -147,6 +148,66 @@ class SagaLog:
         rows = _event_rows(run_id, 0, new_events, writer, now)  # seq: set by the write
         return self._raw.append(run_id, token, values, rows)
 
+    def record_signal(
+        self, name: str, key: str, payload: Any, sender: str, now: datetime
+    ) -> tuple[SignalRecord, bool]:
+        """Keep an external event (or a decision) once per ``name`` and ``key``.
+
+        Returns:
+            The signal as kept, and True when this call delivered it (False: an
+            earlier delivery of the same name and key is kept, and this one ignored).
+        """
+        row = {"name": name, "key": key, "payload": payload, "sender": sender, "received_at": now}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(signals.insert().values(row))
+        except IntegrityError:
+            kept = self.find_signal(name, key)
+            if kept is None:
+                raise
+            return kept, False
+        return SignalRecord(**row), True
+
+    def find_signal(self, name: str, key: str) -> SignalRecord | None:
+        """The signal delivered as ``name`` and ``key``, if any."""
+        columns = ("name", "key", "payload", "sender", "received_at")
+        query = select(*(signals.c[c] for c in columns)).where(
+            signals.c.name == name, signals.c.key == key
+        )
+        with read(self.engine) as conn:
+            row = conn.execute(query).first()
+        return SignalRecord(*row) if row is not None else None
+
+    def wake_awaiting(
+        self, awaiting: str, now: datetime, *, dispatched: bool, run_id: str | None = None
+    ) -> list[DueRun]:
+        """Make the runs waiting for ``awaiting`` due now; return them.
+
+        Only runs no worker holds are woken: a driver that holds one looks for
+        what it waits for again after it lets the run go (see
+        ``sagaledger.sagas._waits``), so a delivery is never missed between the two.
+
+        Args:
+            dispatched: A message goes out for each (recovery leaves them alone
+                for the dispatch grace); otherwise the next recovery pass takes them.
+            run_id: Only this run.
+        """
+        waiting = and_(
+            runs.c.awaiting == awaiting,
+            runs.c.lease_owner.is_(None),
+            runs.c.status.in_(ACTIVE_STATUSES),
+        )
+        if run_id is not None:
+            waiting = and_(waiting, runs.c.id == run_id)
+        statement = (
+            update(runs)
+            .where(waiting)
+            .values(wake_at=now, dispatched_at=now if dispatched else None)
+            .returning(*_DUE_COLUMNS)
+        )
+        with self.engine.begin() as conn:
+            return [DueRun(*row) for row in conn.execute(statement)]
+
     # -- reads ----------------------------------------------------------------
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -182,6 +243,7 @@ class SagaLog:
         saga: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        awaiting: str | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
         """Return runs, newest first, optionally filtered by status, saga name and start time.
@@ -191,6 +253,7 @@ class SagaLog:
             saga: Only runs of this saga.
             since: Only runs started at or after this time (UTC-aware).
             until: Only runs started before this time (UTC-aware).
+            awaiting: Only runs waiting for something whose key starts with this.
             limit: At most this many.
         """
         query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
@@ -202,6 +265,8 @@ class SagaLog:
             query = query.where(runs.c.created_at >= since)
         if until is not None:
             query = query.where(runs.c.created_at < until)
+        if awaiting is not None:
+            query = query.where(runs.c.awaiting.startswith(awaiting, autoescape=True))
         with read(self.engine) as conn:
             return [_run(row) for row in conn.execute(query)]
 
@@ -291,12 +356,14 @@ class SagaLog:
         *,
         host_key: str | None = None,
         pid: int | None = None,
+        events: Collection[str] = (),
     ) -> None:
         """Record that ``worker_id`` is alive and can run ``definitions``.
 
         Args:
             host_key: The host and PID namespace the worker runs in.
             pid: Its process id: with ``host_key``, neighbours can tell when it has died.
+            events: The external events its sagas wait for.
         """
         row = {
             "id": worker_id,
@@ -305,10 +372,11 @@ class SagaLog:
             "seen_at": now,
             "host_key": host_key,
             "pid": pid,
+            "events": sorted(events),
         }
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         upsert = dialect.insert(workers).values(row)
-        refreshed = ("definitions", "seen_at", "host_key", "pid")
+        refreshed = ("definitions", "seen_at", "host_key", "pid", "events")
         upsert = upsert.on_conflict_do_update(
             index_elements=[workers.c.id],
             set_={name: upsert.excluded[name] for name in refreshed},
@@ -352,6 +420,12 @@ class SagaLog:
         with read(self.engine) as conn:
             rows = conn.execute(query).scalars()
             return {(str(n), int(v), str(f)) for definitions in rows for n, v, f in definitions}
+
+    def known_events(self, since: datetime) -> set[str]:
+        """The external events the sagas of some worker seen since ``since`` wait for."""
+        query = select(workers.c.events).where(workers.c.seen_at >= since)
+        with read(self.engine) as conn:
+            return {str(name) for names in conn.execute(query).scalars() for name in names or ()}
 
 
 #: (saga name, version, fingerprint): what a worker can run.
@@ -447,6 +521,7 @@ def _run(row: Row[Any] | dict[str, Any]) -> RunRecord:
         created_at=m["created_at"],
         updated_at=m["updated_at"],
         cancel_requested=m["cancel_requested"],
+        awaiting=m["awaiting"],
     )
 
 

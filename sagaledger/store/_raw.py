@@ -156,7 +156,8 @@ class RawStatements:
     def _run(self, row: Sequence[Any]) -> RunRecord:
         (id_, saga_name, saga_version, fingerprint, business_key, status, step_index, step,
          attempt, input_, lease_owner, lease_token, wake_at, dispatched_at, last_seq,
-         blocked_reason, last_error, created_at, updated_at, cancel_requested) = row  # fmt: skip
+         blocked_reason, last_error, created_at, updated_at, cancel_requested,
+         awaiting) = row  # fmt: skip
         read_time, read_json = self._read_time, self._read_json
         return RunRecord(
             id=id_,
@@ -179,6 +180,7 @@ class RawStatements:
             created_at=read_time(created_at),
             updated_at=read_time(updated_at),
             cancel_requested=read_json(cancel_requested),
+            awaiting=awaiting,
         )
 
 

@@ -57,6 +57,11 @@ class EventType(StrEnum):
     VERSION_UNAVAILABLE = "version_unavailable"
     CANCEL_REQUESTED = "cancel_requested"  # by a person or a service; payload: by, reason
     TIMER_STARTED = "timer_started"  # a timer step began waiting; payload: until
+    APPROVAL_REQUESTED = "approval_requested"  # payload: level, approvers, deadline, shown
+    APPROVAL_ESCALATED = "approval_escalated"  # the deadline passed: a new level, as requested
+    APPROVAL_DECIDED = "approval_decided"  # actor: the approver (or the worker, by default)
+    EVENT_AWAITED = "event_awaited"  # payload: event, key, deadline
+    EVENT_RECEIVED = "event_received"  # payload: event, key, payload, sender, received_at
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class RunRecord:
     updated_at: datetime
     #: ``{"by": ..., "reason": ..., "at": ...}`` once someone asked to cancel the run.
     cancel_requested: dict[str, Any] | None = None
+    #: What the run waits for while it waits at an approval or an external event.
+    awaiting: str | None = None
 
 
 class Written(Enum):
@@ -109,6 +116,17 @@ class NewEvent:
     attempt: int | None = None
     payload: Any = None
     error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SignalRecord:
+    """An external event (or an approval decision) as delivered, kept once per name and key."""
+
+    name: str
+    key: str
+    payload: Any
+    sender: str
+    received_at: datetime
 
 
 @dataclass(frozen=True)

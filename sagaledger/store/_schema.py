@@ -85,6 +85,9 @@ runs = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     # Who asked to cancel the run, why and when; the run's driver acts on it.
     Column("cancel_requested", Payload),
+    # What a waiting run waits for (see sagaledger.sagas._waits.awaiting_key):
+    # delivering it wakes the runs whose column names it.
+    Column("awaiting", String(400)),
     UniqueConstraint("saga_name", "business_key", name="uq_sagaledger_runs_business_key"),
     # Only unfinished runs have a wake-up time: the recovery scan stays small
     # however many finished runs the log holds.
@@ -93,6 +96,12 @@ runs = Table(
         "wake_at",
         postgresql_where=text("wake_at IS NOT NULL"),
         sqlite_where=text("wake_at IS NOT NULL"),
+    ),
+    Index(
+        "ix_sagaledger_runs_awaiting",
+        "awaiting",
+        postgresql_where=text("awaiting IS NOT NULL"),
+        sqlite_where=text("awaiting IS NOT NULL"),
     ),
     Index("ix_sagaledger_runs_status_saga", "status", "saga_name"),
     Index("ix_sagaledger_runs_created_at", "created_at"),
@@ -132,4 +141,20 @@ workers = Table(
     # worker with the same host_key can see whether that process still exists.
     Column("host_key", String(200)),
     Column("pid", Integer),
+    # The names of the external events its sagas wait for.
+    Column("events", Payload),
+)
+
+#: External events and approval decisions, kept once per name and key until
+#: (and after) a run takes them: one delivered before its run waits is not lost.
+signals = Table(
+    "sagaledger_signals",
+    metadata,
+    Column("id", EventId, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("key", String(300), nullable=False),
+    Column("payload", Payload),
+    Column("sender", String(200), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    UniqueConstraint("name", "key", name="uq_sagaledger_signals_name_key"),
 )
