@@ -203,6 +203,29 @@ def _names(approvers: Any) -> list[str]:
     return names
 
 
+def _check_levels(
+    approvers: Approvers, deadline: timedelta, on_deadline: Escalate | Decision
+) -> None:
+    """Check each level of an approval: who may decide, a positive deadline, a final default."""
+    if not callable(approvers):
+        _names(approvers)
+    then: Escalate | Decision = on_deadline
+    while True:
+        if deadline <= timedelta(0):
+            raise DefinitionError(f"deadlines must be positive, got {deadline}")
+        if not isinstance(then, Escalate):
+            break
+        try:
+            _names(then.to)
+        except DefinitionError as exc:
+            raise DefinitionError(f"escalation: {exc}") from None
+        deadline, then = then.within, then.then
+    if not isinstance(then, Decision):
+        raise DefinitionError(
+            f"on_deadline must end in Decision.APPROVE or Decision.REJECT, got {then!r}"
+        )
+
+
 def _nothing(ctx: StepContext[Any]) -> None:
     """An approval's action: never called, the driver waits instead."""
 
@@ -235,28 +258,10 @@ def approval(
     Raises:
         DefinitionError: no approvers, or a deadline that is not positive.
     """
-    if not callable(approvers):
-        try:
-            _names(approvers)
-        except DefinitionError as exc:
-            raise DefinitionError(str(exc), step=name) from None
-    then: Escalate | Decision = on_deadline
-    limit = deadline
-    while True:
-        if limit <= timedelta(0):
-            raise DefinitionError(f"approval {name!r}: deadlines must be positive", step=name)
-        if not isinstance(then, Escalate):
-            break
-        try:
-            _names(then.to)
-        except DefinitionError as exc:
-            raise DefinitionError(f"escalation: {exc}", step=name) from None
-        limit, then = then.within, then.then
-    if not isinstance(then, Decision):
-        raise DefinitionError(
-            f"approval {name!r}: on_deadline must end in Decision.APPROVE or Decision.REJECT",
-            step=name,
-        )
+    try:
+        _check_levels(approvers, deadline, on_deadline)
+    except DefinitionError as exc:
+        raise DefinitionError(f"approval {name!r}: {exc}", step=name) from None
     return Step(
         name=name,
         action=_nothing,
