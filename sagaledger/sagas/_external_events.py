@@ -157,16 +157,17 @@ def wait_for_event(
         DefinitionError: a bad event name, a key that is not a function, a
             deadline that is not positive, or an unknown ``on_deadline``.
     """
+    problem = None
     if not isinstance(event, str) or not _EVENT_NAME.match(event):
-        raise DefinitionError(f"invalid event name {event!r} (letters, digits, _ . -)", step=name)
-    if not callable(key):
-        raise DefinitionError("key must be a function of the step's context", step=name)
-    if within <= timedelta(0):
-        raise DefinitionError(f"within= must be positive, got {within}", step=name)
-    if on_deadline not in ("fail", "continue"):
-        raise DefinitionError(
-            f"on_deadline must be 'fail' or 'continue', got {on_deadline!r}", step=name
-        )
+        problem = f"invalid event name {event!r} (letters, digits, _ . -)"
+    elif not callable(key):
+        problem = "key must be a function of the step's context"
+    elif within <= timedelta(0):
+        problem = f"within= must be positive, got {within}"
+    elif on_deadline not in ("fail", "continue"):
+        problem = f"on_deadline must be 'fail' or 'continue', got {on_deadline!r}"
+    if problem is not None:
+        raise DefinitionError(f"event wait {name!r}: {problem}", step=name)
     return Step(
         name=name,
         action=_nothing,
