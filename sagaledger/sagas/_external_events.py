@@ -87,8 +87,9 @@ class EventWait:
                 return driver.fail(step, exc)
             wanted = {"event": self.event, "key": key, "deadline": (now + self.within).isoformat()}
             first.append(driver.event(EventType.EVENT_AWAITED, step, wanted))
-        key = wanted["key"]
-        signal = driver.o.log.find_signal(self.event, key)
+        # As the log says: a run started before a deploy waits for what it was told to.
+        name, key = wanted["event"], wanted["key"]
+        signal = driver.o.log.find_signal(name, key)
         if signal is not None:
             received = _received(signal)
             taken = driver.event(EventType.EVENT_RECEIVED, step, received, actor=signal.sender)
@@ -96,17 +97,17 @@ class EventWait:
         deadline = parse_time(wanted["deadline"])
         if now >= deadline:
             if self.on_deadline == "continue":
-                missed = {"received": False, "event": self.event, "key": key}
+                missed = {"received": False, "event": name, "key": key}
                 return driver.complete(step, {**missed, "deadline": wanted["deadline"]}, first)
             late = EventDeadlineError(
-                f"event {self.event!r} with key {key!r} did not arrive by {wanted['deadline']}"
+                f"event {name!r} with key {key!r} did not arrive by {wanted['deadline']}"
             )
             return driver.fail(step, late, first)
         return driver.wait_until(
             first,
             deadline,
-            awaiting=event_awaiting(self.event, key),
-            arrived=lambda: driver.o.log.find_signal(self.event, key) is not None,
+            awaiting=event_awaiting(name, key),
+            arrived=lambda: driver.o.log.find_signal(name, key) is not None,
         )
 
 
