@@ -19,7 +19,9 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from sagaledger.store import EventRecord, EventType, RunRecord, RunStatus
+from sagaledger.sagas import PendingApproval
+from sagaledger.sagas._waits import APPROVAL_AWAITING
+from sagaledger.store import EventRecord, EventType, RunRecord, RunStatus, SignalRecord
 
 #: How each run status is coloured.
 STATUS_STYLES = {
@@ -45,7 +47,16 @@ EVENT_STYLES = {
     EventType.RUN_COMPENSATED: "bold yellow",
     EventType.RUN_PARKED: "bold red",
     EventType.VERSION_UNAVAILABLE: "yellow",
+    EventType.TIMER_STARTED: "cyan",
+    EventType.APPROVAL_REQUESTED: "cyan",
+    EventType.APPROVAL_ESCALATED: "bold yellow",
+    EventType.APPROVAL_DECIDED: "bold",
+    EventType.EVENT_AWAITED: "cyan",
+    EventType.EVENT_RECEIVED: "green",
 }
+
+#: How a decision kept in the signals table reads.
+_DECIDED = {"approve": "approved", "reject": "rejected"}
 
 #: Characters of a run id shown to people; ``runs show`` accepts any unique prefix.
 SHORT_ID = 8
@@ -77,9 +88,24 @@ def run_json(run: RunRecord) -> dict[str, Any]:
         "wake_at": iso(run.wake_at),
         "last_seq": run.last_seq,
         "blocked_reason": run.blocked_reason,
+        "awaiting": run.awaiting,
         "last_error": run.last_error,
         "created_at": iso(run.created_at),
         "updated_at": iso(run.updated_at),
+    }
+
+
+def approval_json(pending: PendingApproval) -> dict[str, Any]:
+    """A pending approval (see ``sagaledger approvals --json``), as JSON-ready values."""
+    return {
+        "run_id": pending.run_id,
+        "saga": pending.saga,
+        "step": pending.step,
+        "level": pending.level,
+        "approvers": pending.approvers,
+        "deadline": iso(pending.deadline),
+        "shown": pending.shown,
+        "requested_at": iso(pending.requested_at),
     }
 
 
@@ -116,9 +142,14 @@ def dumps(value: Any) -> str:
 
 
 def run_note(run: RunRecord) -> str:
-    """Why a run is blocked, or the last error it recorded, in one line."""
+    """Why a run is blocked, what it waits for, or the last error it recorded, in one line."""
     if run.blocked_reason:
         return _one_line(run.blocked_reason)
+    if run.awaiting and run.status.active:
+        if run.awaiting.startswith(APPROVAL_AWAITING):
+            return f"waits for approval of {run.step!r}"
+        name, _, key = run.awaiting.removeprefix("event:").partition("/")
+        return f"waits for event {name!r} key {key!r}"
     if run.last_error:
         return error_summary(run.last_error)
     return ""
@@ -152,6 +183,18 @@ def event_summary(event: EventRecord, width: int = 90) -> str:
         text = f"deferred until {_clock(p.get('until'))}: {p.get('reason', '')}"
     elif kind is EventType.RUN_COMPENSATED:
         text = "every compensation ran; the run is closed"
+    elif kind is EventType.TIMER_STARTED:
+        text = f"until {_moment(p.get('until'))}"
+    elif kind in (EventType.APPROVAL_REQUESTED, EventType.APPROVAL_ESCALATED):
+        text = _asked(p)
+    elif kind is EventType.APPROVAL_DECIDED:
+        text = _decided(p)
+    elif kind is EventType.EVENT_AWAITED:
+        text = f"event {p.get('event')!r} key {p.get('key')!r} until {_moment(p.get('deadline'))}"
+    elif kind is EventType.EVENT_RECEIVED:
+        text = f"event {p.get('event')!r} key {p.get('key')!r} sent by {p.get('sender')}"
+        if p.get("payload") is not None:
+            text += f": {_compact(p.get('payload'))}"
     elif kind in (
         EventType.COMPENSATION_STARTED,
         EventType.RUN_PARKED,
@@ -163,6 +206,74 @@ def event_summary(event: EventRecord, width: int = 90) -> str:
     else:
         text = _compact(event.payload)
     return _truncate(_one_line(text), width)
+
+
+def _asked(p: dict[str, Any]) -> str:
+    """An approval request (or escalation): who may decide by when, and what they see."""
+    who = ", ".join(str(a) for a in p.get("approvers") or ())
+    text = f"level {p.get('level')}: {who} may decide until {_moment(p.get('deadline'))}"
+    if p.get("missed_deadline"):
+        text = f"no decision by {_moment(p.get('missed_deadline'))}; {text}"
+    if p.get("shown") is not None:
+        text += f"; shown {_compact(p.get('shown'))}"
+    return text
+
+
+def _decided(p: dict[str, Any]) -> str:
+    """A decision: by whom, and why (a deadline's default says so in its reason)."""
+    reason = str(p.get("reason") or "")
+    if p.get("by") is None:
+        return reason or f"{_DECIDED.get(str(p.get('decision')), p.get('decision'))} by default"
+    text = f"{_DECIDED.get(str(p.get('decision')), p.get('decision'))} by {p.get('by')}"
+    return f"{text}: {reason}" if reason else text
+
+
+def waiting_note(
+    run: RunRecord, events: Sequence[EventRecord], delivered: SignalRecord | None = None
+) -> str | None:
+    """What a waiting run waits for, who may send it and until when; None if it waits for none.
+
+    Args:
+        run: The run; its ``awaiting`` says what it waits for.
+        events: Its events: the latest request (or escalation, or awaited event)
+            of its current step gives the people, the key and the deadline.
+        delivered: What was delivered for it that no worker has taken yet.
+    """
+    if not run.awaiting or not run.status.active:
+        return None
+    mine = [e for e in events if e.step == run.step]
+    if run.awaiting.startswith(APPROVAL_AWAITING):
+        asked = _latest(mine, (EventType.APPROVAL_REQUESTED, EventType.APPROVAL_ESCALATED))
+        text = f"for approval of {run.step!r}"
+        if asked is not None:
+            p = asked.payload
+            who = ", ".join(str(a) for a in p.get("approvers") or ())
+            text += f" by {who} until {_moment(p.get('deadline'))}"
+            if int(p.get("level") or 0):
+                text += f" (level {p['level']}, escalated)"
+        if delivered is not None:
+            decision = _DECIDED.get(str(delivered.payload.get("decision")), "decided")
+            text += (
+                f"; {decision} by {delivered.sender} at {stamp(delivered.received_at)}: "
+                "a worker applies it"
+            )
+        return text
+    awaited = _latest(mine, (EventType.EVENT_AWAITED,))
+    if awaited is not None:
+        p = awaited.payload
+        name, key, until = p.get("event"), p.get("key"), f" until {_moment(p.get('deadline'))}"
+    else:
+        name, _, key = run.awaiting.removeprefix("event:").partition("/")
+        until = ""
+    text = f"for event {name!r} key {key!r}{until}"
+    if delivered is not None:
+        text += f"; sent by {delivered.sender} at {stamp(delivered.received_at)}: a worker takes it"
+    return text
+
+
+def _latest(events: Sequence[EventRecord], types: Sequence[EventType]) -> EventRecord | None:
+    found = [e for e in events if e.type in types and isinstance(e.payload, dict)]
+    return found[-1] if found else None
 
 
 def age(value: datetime, now: datetime) -> str:
@@ -254,8 +365,14 @@ def runs_table(runs: Sequence[RunRecord], now: datetime) -> RunsTable:
     return RunsTable(runs, now)
 
 
-def run_header(run: RunRecord) -> Panel:
-    """A panel with what the run row says: identity, status, position, lease, problems."""
+def run_header(run: RunRecord, waiting: str | None = None) -> Panel:
+    """A panel with what the run row says: identity, status, position, lease, problems.
+
+    Args:
+        run: The run.
+        waiting: What it waits for (see :func:`waiting_note`), shown instead of
+            when it is due: its deadline is.
+    """
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
@@ -270,12 +387,14 @@ def run_header(run: RunRecord) -> Panel:
     grid.add_row("status", status)
     if run.lease_owner is not None:
         grid.add_row(
-            "lease", f"{run.lease_owner} (token {run.lease_token}) until {_stamp(run.wake_at)}"
+            "lease", f"{run.lease_owner} (token {run.lease_token}) until {stamp(run.wake_at)}"
         )
+    elif waiting is not None:
+        grid.add_row("waiting", Text(waiting, style="cyan"))
     elif run.status.active and run.wake_at is not None:
-        grid.add_row("due", _stamp(run.wake_at))
-    grid.add_row("started", _stamp(run.created_at))
-    grid.add_row("updated", _stamp(run.updated_at))
+        grid.add_row("due", stamp(run.wake_at))
+    grid.add_row("started", stamp(run.created_at))
+    grid.add_row("updated", stamp(run.updated_at))
     if run.blocked_reason:
         grid.add_row("blocked", Text(run.blocked_reason, style="red"))
     if run.last_error:
@@ -385,9 +504,99 @@ def timeline(events: Sequence[EventRecord]) -> Timeline:
     return Timeline(events)
 
 
-def run_view(run: RunRecord, events: Sequence[EventRecord]) -> RenderableType:
-    """The header and the timeline of a run, as ``sagaledger runs show`` prints them."""
-    return Group(run_header(run), timeline(events))
+def run_view(
+    run: RunRecord, events: Sequence[EventRecord], delivered: SignalRecord | None = None
+) -> RenderableType:
+    """The header and the timeline of a run, as ``sagaledger runs show`` prints them.
+
+    Args:
+        run: The run.
+        events: Its events, in order.
+        delivered: What its wait received that no worker has taken yet (an
+            approval's decision, an event), if any.
+    """
+    return Group(run_header(run, waiting_note(run, events, delivered)), timeline(events))
+
+
+class ApprovalsTable:
+    """Pending approvals, one per row, for ``sagaledger approvals``.
+
+    Like :class:`RunsTable`, a console too narrow for one line per approval
+    gets who may decide and what they are shown on indented lines below it.
+
+    Args:
+        pending: The approvals runs wait for.
+        now: The time deadlines are counted to.
+    """
+
+    #: Columns who may decide and what is shown need beside the others.
+    DETAIL_MIN = 50
+    _HEADERS = ("run", "saga", "step", "level", "deadline (UTC)")
+
+    def __init__(self, pending: Sequence[PendingApproval], now: datetime):
+        self.pending = list(pending)
+        self.now = now
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        rows = [
+            (
+                p.run_id[:SHORT_ID],
+                p.saga,
+                p.step,
+                f"{p.level} (escalated)" if p.level else str(p.level),
+                f"{p.deadline.astimezone(UTC):%Y-%m-%d %H:%M} ({until(p.deadline, self.now)})",
+            )
+            for p in self.pending
+        ]
+        widths = _widths(self._HEADERS, rows)
+        if sum(widths) + 2 * len(widths) + self.DETAIL_MIN <= options.max_width:
+            yield self._table(rows)
+            return
+        yield _line(self._HEADERS, widths, ["bold"] * len(widths))
+        for p, row in zip(self.pending, rows, strict=True):
+            yield _line(row, widths, ["bold", "", "", "", self._deadline_style(p)])
+            detail = Text("may decide: ", style="dim")
+            detail.append(", ".join(p.approvers))
+            if p.shown is not None:
+                detail.append("\nshown: ", style="dim")
+                detail.append(_compact(p.shown, 200))
+            yield Padding(detail, (0, 0, 0, widths[0] + 2))
+
+    def _table(self, rows: Sequence[Sequence[str]]) -> Table:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for header in self._HEADERS[:4]:
+            table.add_column(header, no_wrap=True)
+        table.add_column("who may decide", overflow="fold")
+        table.add_column(self._HEADERS[4], no_wrap=True)
+        table.add_column("shown", overflow="fold", ratio=1)
+        for p, row in zip(self.pending, rows, strict=True):
+            table.add_row(
+                Text(row[0], style="bold"),
+                *row[1:4],
+                ", ".join(p.approvers),
+                Text(row[4], style=self._deadline_style(p)),
+                _compact(p.shown, 200),
+            )
+        return table
+
+    def _deadline_style(self, pending: PendingApproval) -> str:
+        return "red" if pending.deadline <= self.now else ""
+
+
+def approvals_table(pending: Sequence[PendingApproval], now: datetime) -> ApprovalsTable:
+    """Pending approvals for ``sagaledger approvals`` (see :class:`ApprovalsTable`)."""
+    return ApprovalsTable(pending, now)
+
+
+def until(value: datetime, now: datetime) -> str:
+    """How long until ``value``, for people: ``in 4s``, ``in 3h``, or ``passed``."""
+    seconds = int((value - now).total_seconds())
+    if seconds <= 0:
+        return "passed"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {seconds // size}{unit}"
+    return f"in {seconds}s"
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -407,10 +616,21 @@ def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _stamp(value: datetime | None) -> str:
+def stamp(value: datetime | None) -> str:
+    """A time for people: ``2030-01-01 12:00:00.000 UTC`` (``-`` for none)."""
     if value is None:
         return "-"
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def _moment(value: Any) -> str:
+    """An ISO timestamp from a payload, shown to the second (deadlines may be weeks away)."""
+    if not isinstance(value, str):
+        return "?"
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return value
 
 
 def _clock(value: Any) -> str:

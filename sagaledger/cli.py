@@ -1,4 +1,7 @@
-"""The ``sagaledger`` command: migrate the store, inspect runs, run a worker, try the demo.
+"""The ``sagaledger`` command: migrate the store, inspect and steer runs, run a worker.
+
+The commands for waiting runs (approve, reject, signal, approvals) are in
+``_cli_waits``; what every command shares (options, errors, the log) in ``_cli_common``.
 
 Every command takes ``--store URL`` (or ``SAGALEDGER_STORE``; a SQLite file
 ``sagaledger.db`` in the working directory by default). Errors a user can fix
@@ -8,34 +11,40 @@ Every command takes ``--store URL`` (or ``SAGALEDGER_STORE``; a SQLite file
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from alembic.util.exc import CommandError
-from pydantic import ValidationError
-from rich.console import Console
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from sagaledger import _render
-from sagaledger._apps import AppNotFoundError, load_registry
-from sagaledger._errors import SagaLedgerError, StoreError, UnknownRunError
+from sagaledger import _cli_waits, _render
+from sagaledger._cli_common import (
+    CLIError,
+    console,
+    json_option,
+    load_app,
+    load_settings,
+    login_name,
+    one_line,
+    open_log,
+    resolve_run,
+    store_option,
+)
+from sagaledger._errors import SagaLedgerError, StoreError
 from sagaledger._runner import check_config, run_worker
-from sagaledger._settings import DEFAULT_STORE, ENV_PREFIX, Settings
+from sagaledger._settings import ENV_PREFIX, Settings
 from sagaledger._supervisor import Supervisor
 from sagaledger.sagas import CancelOutcome, Orchestrator, Registry
 from sagaledger.store import (
-    RunRecord,
     RunStatus,
-    SagaLog,
     create_store_engine,
     current_revision,
     head_revision,
@@ -43,23 +52,6 @@ from sagaledger.store import (
     utc_now,
 )
 from sagaledger.testing import CrashAt
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-#: People read tables on stdout; errors and worker chatter go to stderr.
-console = Console(highlight=False)
-
-
-class CLIError(click.ClickException):
-    """An error the user can fix: printed as one ``error: ...`` line, exit status 1."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def _one_line(text: str) -> str:
-    # Driver messages (psycopg's in particular) span lines; the CLI promises one.
-    return " ".join(text.split())
 
 
 class _Group(click.Group):
@@ -69,51 +61,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SagaLedgerError as exc:
-            raise CLIError(_one_line(str(exc))) from None
+            raise CLIError(one_line(str(exc))) from None
         except OperationalError as exc:
-            raise CLIError(_one_line(f"store unavailable: {exc.orig or exc}")) from None
-
-
-def store_option(command: F) -> F:
-    """The ``--store URL`` option every command takes."""
-    return click.option(
-        "--store",
-        metavar="URL",
-        default=None,
-        help=f"Saga log URL [env {ENV_PREFIX}STORE; default {DEFAULT_STORE}].",
-    )(command)
-
-
-def json_option(command: F) -> F:
-    """The ``--json`` flag of the inspection commands."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")(command)
-
-
-def load_settings(**options: Any) -> Settings:
-    """Settings from ``SAGALEDGER_*``, overridden by the options given on the command line.
-
-    Raises:
-        CLIError: an environment variable (or option) does not validate.
-    """
-    given = {name: value for name, value in options.items() if value is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise CLIError(f"invalid setting: {problems}") from None
-
-
-@contextmanager
-def open_log(store: str) -> Iterator[SagaLog]:
-    """Open the saga log (migrating a SQLite file) and close it afterwards."""
-    log = SagaLog.open(store)
-    try:
-        yield log
-    finally:
-        log.close()
+            raise CLIError(one_line(f"store unavailable: {exc.orig or exc}")) from None
 
 
 @contextmanager
@@ -216,6 +166,7 @@ def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
     with open_log(settings.store) as log:
         run = resolve_run(log, run_id)
         events = log.events(run.id)
+        delivered = _cli_waits.kept_delivery(log, run, events)
     if as_json:
         payload = {
             "run": _render.run_json(run),
@@ -223,7 +174,7 @@ def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
         }
         click.echo(_render.dumps(payload))
     else:
-        console.print(_render.run_view(run, events))
+        console.print(_render.run_view(run, events, delivered))
 
 
 @cli.command(short_help="Cancel a run: its completed steps are compensated in reverse.")
@@ -232,7 +183,7 @@ def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
 @click.option(
     "--as",
     "by",
-    default=lambda: getpass.getuser(),
+    default=login_name,
     show_default="your login name",
     help="Who cancels, as the log records it.",
 )
@@ -257,26 +208,9 @@ def cancel(run_id: str, reason: str, by: str, store: str | None) -> None:
         click.echo(f"run {run.id} is cancelling: a worker will compensate its completed steps")
 
 
-def resolve_run(log: SagaLog, prefix: str) -> RunRecord:
-    """The run whose id is ``prefix`` or starts with it.
-
-    Raises:
-        UnknownRunError: no run matches.
-        CLIError: the prefix is empty or matches several runs.
-    """
-    wanted = prefix.strip().lower()
-    if not wanted:
-        raise CLIError("give a run id (or a unique prefix of one)")
-    # LIKE treats "_" as a wildcard: keep only true prefix matches.
-    matches = [m for m in log.find_runs(wanted) if m.startswith(wanted)]
-    if not matches:
-        raise UnknownRunError(prefix)
-    if wanted in matches:
-        return log.get_run(wanted)
-    if len(matches) > 1:
-        shown = ", ".join(m[: len(wanted) + 4] for m in matches)
-        raise CLIError(f"run prefix {prefix!r} is ambiguous: {shown}...; type more of the id")
-    return log.get_run(matches[0])
+# approve, reject, signal and approvals: runs that wait for people or for the world.
+for _command in _cli_waits.COMMANDS:
+    cli.add_command(_command)
 
 
 @cli.command()
@@ -347,12 +281,7 @@ def worker(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("sagaledger").setLevel(log_level.upper())
-    try:
-        registry = load_registry(app)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--app") from None
-    except AppNotFoundError as exc:
-        raise CLIError(str(exc)) from None
+    registry = load_app(app)
     hooks = [_crash_hook(crash_at, registry)] if crash_at else []
     if settings.processes > 1:
         check_config(settings)
