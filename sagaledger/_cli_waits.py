@@ -150,11 +150,12 @@ def signal(
             receipt = Orchestrator(log, registry).signal(event, key, payload, by=by)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-        kept = None if receipt.new else log.find_signal(event, key)
     what = f"event {event!r} key {key!r}"
-    if kept is not None:
-        when = _render.stamp(kept.received_at)
-        click.echo(f"{what} was already delivered at {when} by {kept.sender}; this one is ignored")
+    if not receipt.new:
+        when = _render.stamp(receipt.received_at)
+        click.echo(
+            f"{what} was already delivered at {when} by {receipt.sender}; this one is ignored"
+        )
     elif receipt.woken:
         runs = "run" if len(receipt.woken) == 1 else "runs"
         woken = ", ".join(receipt.woken)

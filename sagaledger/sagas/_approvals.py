@@ -315,6 +315,12 @@ def decide(o: Orchestrator, run_id: str, decision: Decision, by: str, reason: st
         raise ValueError(f"rejecting run {run_id!r} needs a reason")
     run = o.log.get_run(run_id)
     step, request = pending_approval(o, run)
+    if run.cancel_requested is not None:
+        asked = run.cancel_requested
+        raise RunNotWaitingError(
+            run.id,
+            f"is being cancelled (by {asked['by']}: {asked['reason']}); it takes no decision",
+        )
     if not may_decide(by, request.payload["approvers"]):
         raise NotAllowedToDecideError(run.id, step, by, request.payload["approvers"])
     now = o.clock()

@@ -56,11 +56,13 @@ class SignalReceipt:
         new: False when the same name and key had been delivered before: this
             one was ignored (and its payload with it).
         received_at: When the kept delivery arrived.
+        sender: Who sent the kept delivery.
         woken: The runs that were waiting for it and were woken now.
     """
 
     new: bool
     received_at: datetime
+    sender: str
     woken: list[str]
 
 
@@ -195,4 +197,4 @@ def deliver(o: Orchestrator, name: str, key: str, payload: Any, by: str) -> Sign
         raise ValueError(f"event {name!r} key {key!r}: the payload is not JSON: {exc}") from None
     signal, new = o.log.record_signal(name, key, data, by, o.clock())
     woken = o.wake(event_awaiting(name, key))
-    return SignalReceipt(new, signal.received_at, woken)
+    return SignalReceipt(new, signal.received_at, signal.sender, woken)

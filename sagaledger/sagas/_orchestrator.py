@@ -26,7 +26,7 @@ from sagaledger.sagas._hooks import ActionCall, Hooks
 from sagaledger.sagas._leases import LeaseKeeper
 from sagaledger.sagas._liveness import host_key, is_running
 from sagaledger.sagas._registry import Registry
-from sagaledger.sagas._waits import APPROVAL_AWAITING
+from sagaledger.sagas._waits import APPROVAL_AWAITING, APPROVAL_SIGNAL, approval_key
 from sagaledger.store import (
     EventRecord,
     EventType,
@@ -385,9 +385,14 @@ class Orchestrator:
         return decide(self, run_id, Decision.REJECT, by, reason)
 
     def pending_approvals(self, limit: int = 100) -> list[PendingApproval]:
-        """The approvals runs wait for now, newest runs first."""
+        """The approvals runs wait for and nobody has decided yet, newest runs first."""
         waiting = self.log.list_runs(awaiting=APPROVAL_AWAITING, limit=limit)
-        return [PendingApproval.of(run, pending_approval(self, run)[1]) for run in waiting]
+        return [
+            PendingApproval.of(run, pending_approval(self, run)[1])
+            for run in waiting
+            if run.cancel_requested is None
+            and self.log.find_signal(APPROVAL_SIGNAL, approval_key(run.id, run.step)) is None
+        ]
 
     def signal(self, name: str, key: str, payload: Any = None, *, by: str = "api") -> SignalReceipt:
         """Deliver the external event ``name`` with correlation ``key``.

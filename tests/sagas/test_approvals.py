@@ -452,3 +452,18 @@ def test_an_approval_step_has_its_own_fingerprint() -> None:
         [*with_approval.steps[:2], with_approval.steps[3]],
     )
     assert with_approval.fingerprint != plain.fingerprint
+
+
+def test_a_run_being_cancelled_takes_no_decision_and_is_not_pending(harness: SagaHarness) -> None:
+    o = harness.orchestrator
+    cancelled, decided, pending = (
+        start(harness, "R-1"),
+        start(harness, "R-2"),
+        start(harness, "R-3"),
+    )
+    o.set_dispatcher(None)  # nothing is driven: the requests are kept, not yet applied
+    o.cancel(cancelled, "customer withdrew", by="support@example.com")
+    o.approve(decided, by="bob@managers.example")
+    with pytest.raises(RunNotWaitingError, match=r"is being cancelled \(by support@example.com"):
+        o.approve(cancelled, by="bob@managers.example")
+    assert [p.run_id for p in o.pending_approvals()] == [pending]
