@@ -16,10 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -32,10 +28,11 @@ from sagaledger import (
     RunStatus,
     SagaLog,
 )
-from sagaledger._settings import ENV_PREFIX
 from sagaledger.store import EventRecord, EventType, RunRecord, utc_now
 from sagaledger.testing import WorkerProcess
 from tests.integration import approvals_app
+from tests.integration._processes import PATIENCE, sagaledger, wait_until
+from tests.integration._processes import worker as worker_on
 from tests.integration.approvals_app import (
     APPROVAL,
     DIRECTORS,
@@ -47,14 +44,7 @@ from tests.integration.approvals_app import (
     urgent_refund_saga,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.approvals_app:registry"
-#: Seconds a liveness wait may take before the test fails (never a result in itself).
-PATIENCE = 60.0
-#: A short wait's delayed message lives in its worker's in-memory broker and dies with
-#: it; the next worker's recovery pass takes the run once this grace has passed.
-WORKER_ENV = {ENV_PREFIX + "DISPATCH_GRACE_SECONDS": "1"}
-
 #: What the ledger holds for a refund paid out, and for one rejected and undone.
 PAID = [("open_case", "forward"), ("reserve_funds", "forward"), ("pay_out", "forward")]
 UNDONE = [
@@ -68,33 +58,12 @@ BEFORE = PAID[:2]
 
 
 def worker(store_url: str) -> WorkerProcess:
-    """A ``sagaledger worker`` process on the approvals app, started from the repository root."""
-    return WorkerProcess(APP, store=store_url, env=WORKER_ENV, cwd=ROOT)
-
-
-def sagaledger(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``sagaledger`` command as an operator would, with no ``SAGALEDGER_*`` set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    return subprocess.run(
-        [sys.executable, "-m", "sagaledger", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE,
-    )
+    """A ``sagaledger worker`` process on the approvals app."""
+    return worker_on(APP, store_url)
 
 
 def refund(ledger: Path, order_id: str, amount_cents: int = 25_000) -> dict[str, object]:
     return {"ledger": str(ledger), "order_id": order_id, "amount_cents": amount_cents}
-
-
-def wait_until(ready: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.05)
 
 
 def is_waiting_at(run: RunRecord, step: str) -> bool:

@@ -12,49 +12,31 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sagaledger import Orchestrator, RunStatus, SagaLog
-from sagaledger._settings import ENV_PREFIX
 from sagaledger.sagas import CancelOutcome
 from sagaledger.store import EventType, RunRecord, utc_now
 from sagaledger.testing import WorkerProcess
 from tests.integration import waiting_app
+from tests.integration._processes import PATIENCE, sagaledger, wait_until
+from tests.integration._processes import worker as worker_on
 from tests.integration.waiting_app import errand_saga, registry
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.waiting_app:registry"
 #: How far ahead the timers fire: time for every run to reach its timer, and for
 #: the test to look and kill its worker, before any timer is due.
 AHEAD = timedelta(seconds=4)
-#: Seconds a liveness wait may take before the test fails (never a result in itself).
-PATIENCE = 60.0
-#: A timer's delayed message lives in its worker's in-memory broker and dies with it
-#: (SIGKILL or SIGTERM alike); the log still says the message was sent, so the next
-#: worker's recovery pass takes the run once this grace has passed (10 s by default).
-WORKER_ENV = {ENV_PREFIX + "DISPATCH_GRACE_SECONDS": "1"}
 
 
 def worker(store_url: str, lease: timedelta | None = None) -> WorkerProcess:
-    """A ``sagaledger worker`` process on the waiting app, started from the repository root."""
-    return WorkerProcess(APP, store=store_url, env=WORKER_ENV, lease=lease, cwd=ROOT)
+    """A ``sagaledger worker`` process on the waiting app."""
+    return worker_on(APP, store_url, lease)
 
 
 def errand(ledger: Path, fire_at: datetime, gate: Path | None = None) -> dict[str, object]:
     return {"ledger": str(ledger), "fire_at": fire_at, "gate": None if gate is None else str(gate)}
-
-
-def wait_until(ready: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.05)
 
 
 def is_waiting(run: RunRecord) -> bool:
@@ -147,13 +129,11 @@ def test_a_cancel_sent_while_no_worker_runs_is_applied_when_one_starts(
     assert first.returncode == 0
 
     # When an operator cancels three of them with the CLI (a short id each)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     for run in cancelled:
-        command = [sys.executable, "-m", "sagaledger", "cancel", run.id[:12]]
-        command += ["--reason", "customer withdrew", "--as", "ops:alice", "--store", store_url]
-        done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PATIENCE
-        )
+        done = sagaledger(
+            "cancel", run.id[:12], "--reason", "customer withdrew", "--as", "ops:alice",
+            "--store", store_url,
+        )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"run {run.id} is cancelling" in done.stdout
 
