@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sagaledger._errors import SchemaNotReadyError, StoreError, UnknownRunError
-from sagaledger.store import _migrate
+from sagaledger.store import _chain, _migrate
 from sagaledger.store._engine import create_store_engine, read
 from sagaledger.store._raw import RawStatements
 from sagaledger.store._records import (
@@ -105,8 +105,17 @@ class SagaLog:
         Returns:
             The run, and True when this call created it.
         """
-        row = {**run, "last_seq": len(first), "created_at": now, "updated_at": now}
         event_rows = _event_rows(run["id"], 1, first, run["lease_token"], now)
+        hashes = _chain.chain(_chain.genesis(run["id"]), event_rows)
+        for event, value in zip(event_rows, hashes, strict=True):
+            event["hash"] = value
+        row = {
+            **run,
+            "last_seq": len(first),
+            "last_hash": hashes[-1] if hashes else None,
+            "created_at": now,
+            "updated_at": now,
+        }
         try:
             self._raw.create_run(row, event_rows)
         except IntegrityError:
@@ -493,6 +502,7 @@ def _event_rows(
             "actor": e.actor,
             "token": token,
             "created_at": now,
+            "hash": None,  # chained where the write is made (see _chain)
         }
         for offset, e in enumerate(new_events)
     ]
@@ -522,6 +532,7 @@ def _run(row: Row[Any] | dict[str, Any]) -> RunRecord:
         updated_at=m["updated_at"],
         cancel_requested=m["cancel_requested"],
         awaiting=m["awaiting"],
+        last_hash=m["last_hash"],
     )
 
 
@@ -539,4 +550,5 @@ def _event(row: Row[Any]) -> EventRecord:
         actor=m["actor"],
         token=m["token"],
         created_at=m["created_at"],
+        hash=m["hash"],
     )

@@ -28,6 +28,7 @@ from sqlalchemy import JSON, Engine, Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
+from sagaledger.store import _chain
 from sagaledger.store._group import GroupCommit
 from sagaledger.store._records import RunRecord, RunStatus, Written
 from sagaledger.store._schema import CANCEL_ASKED, UTCDateTime, events, runs
@@ -157,7 +158,7 @@ class RawStatements:
         (id_, saga_name, saga_version, fingerprint, business_key, status, step_index, step,
          attempt, input_, lease_owner, lease_token, wake_at, dispatched_at, last_seq,
          blocked_reason, last_error, created_at, updated_at, cancel_requested,
-         awaiting) = row  # fmt: skip
+         awaiting, last_hash) = row  # fmt: skip
         read_time, read_json = self._read_time, self._read_json
         return RunRecord(
             id=id_,
@@ -181,6 +182,7 @@ class RawStatements:
             updated_at=read_time(updated_at),
             cancel_requested=read_json(cancel_requested),
             awaiting=awaiting,
+            last_hash=last_hash,
         )
 
 
@@ -188,6 +190,7 @@ class _SQLiteStatements(RawStatements):
     """SQLite: statements in ``BEGIN IMMEDIATE`` transactions, shared by concurrent writers."""
 
     _select_run = RawStatements._select_run + " WHERE id = :id"
+    _set_head = "UPDATE sagaledger_runs SET last_hash = :head WHERE id = :id"
     _insert_run = f"INSERT INTO sagaledger_runs ({', '.join(c.name for c in runs.columns)})" + (
         f" VALUES ({', '.join(':' + c.name for c in runs.columns)})"
     )
@@ -215,20 +218,26 @@ class _SQLiteStatements(RawStatements):
         self, run_id: str, token: int, values: dict[str, Any], event_rows: Sequence[dict[str, Any]]
     ) -> Written:
         columns = frozenset(values)
-        statement = self._statement(columns, lambda: _fenced_update(columns, ":{}"))
+        statement = self._statement(
+            columns, lambda: _fenced_update(columns, ":{}", returning=", last_hash")
+        )
         params = self._encode(runs, values)
         params.update(_run=run_id, _token=token, _added=len(event_rows))
         encoded = [self._encode(events, e) for e in event_rows]
+        digests = [_chain.digest(e) for e in event_rows]  # outside the write lock
 
         def write(cursor: Any) -> Written:
             cursor.execute(statement, params)
             row = cursor.fetchone()
             if row is None:
                 return Written.REFUSED
-            first_seq = int(row[0]) - len(encoded) + 1
-            for offset, event in enumerate(encoded):
-                event["seq"] = first_seq + offset
             if encoded:
+                # The run's chain head as of this write: the lock orders every writer.
+                hashes = _chain.links(row[2] or _chain.genesis(run_id), digests)
+                first_seq = int(row[0]) - len(encoded) + 1
+                for offset, (event, value) in enumerate(zip(encoded, hashes, strict=True)):
+                    event["seq"], event["hash"] = first_seq + offset, value
+                cursor.execute(self._set_head, {"id": run_id, "head": hashes[-1]})
                 cursor.executemany(self._insert_event, encoded)
             return _written(row[1])
 
@@ -300,16 +309,15 @@ class _PostgresStatements(RawStatements):
     ) -> Written:
         columns = frozenset(values)
         statement = self._statement(
-            (columns, len(event_rows)),
-            lambda: (
-                f"WITH fenced AS ({_fenced_update(columns, '%({})s')})"
-                f"{_insert_events(len(event_rows), 'fenced')}"
-                " SELECT last_seq, cancel_asked FROM fenced"
-            ),
+            (columns, len(event_rows)), lambda: _chained_append(columns, len(event_rows))
         )
         params = self._encode(runs, values)
         params.update(_run=run_id, _token=token, _added=len(event_rows))
         self._add_events(params, event_rows)
+        if event_rows:
+            params["_genesis"] = _chain.genesis(run_id)
+            for n, event in enumerate(event_rows):
+                params[f"e{n}_digest"] = _chain.digest(event)
         with self._cursor(write=True) as cursor:
             cursor.execute(statement, params)
             row = cursor.fetchone()
@@ -345,40 +353,90 @@ class _PostgresStatements(RawStatements):
         return value  # psycopg parses JSONB itself
 
 
-def _fenced_update(columns: frozenset[str], placeholder: str) -> str:
-    """The UPDATE that sets ``columns`` only while the lease token is unchanged."""
+def _fenced_update(
+    columns: frozenset[str], placeholder: str, *, returning: str = "", chained: str = ""
+) -> str:
+    """The UPDATE that sets ``columns`` only while the lease token is unchanged.
+
+    Args:
+        returning: More of the run to return (after ``last_seq, cancel_asked``).
+        chained: The relation of the chain's new hashes (Postgres): the run's
+            ``last_hash`` is set to its last one.
+    """
     p = placeholder.format
     assignments = ", ".join(f"{name} = {p(name)}" for name in sorted(columns))
+    head = f", last_hash = {chained}.head FROM {chained}" if chained else ""
     return (
-        f"UPDATE sagaledger_runs SET {assignments}, last_seq = last_seq + {p('_added')}"
+        f"UPDATE sagaledger_runs SET {assignments}, last_seq = last_seq + {p('_added')}{head}"
         f" WHERE id = {p('_run')} AND lease_token = {p('_token')}"
-        f" RETURNING last_seq, {CANCEL_ASKED} AS cancel_asked"
+        f" RETURNING last_seq, {CANCEL_ASKED} AS cancel_asked{returning}"
     )
+
+
+def _chained_append(columns: frozenset[str], count: int) -> str:
+    """The Postgres append: one statement that also extends the run's hash chain.
+
+    The chain head is read ``FOR UPDATE``, so a concurrent append to the same
+    run (a cancel beside its driver's checkpoint) waits and then reads the head
+    that one wrote; each event's hash is computed from the one before it.
+    """
+    fenced = _fenced_update(columns, "%({})s", chained="chained" if count else "")
+    if count == 0:
+        return f"WITH fenced AS ({fenced}) SELECT last_seq, cancel_asked FROM fenced"
+    steps = ", ".join(
+        f"LATERAL (SELECT {_pg_link(f'h{n}', f'%(e{n}_digest)s')} AS h{n + 1}) AS l{n + 1}"
+        for n in range(count)
+    )
+    hashes = ", ".join(f"h{n + 1}" for n in range(count))
+    return (
+        "WITH head AS (SELECT COALESCE(last_hash, %(_genesis)s) AS h0 FROM sagaledger_runs"
+        " WHERE id = %(_run)s AND lease_token = %(_token)s FOR UPDATE),"
+        f" chained AS (SELECT {hashes}, h{count} AS head FROM head, {steps}),"
+        f" fenced AS ({fenced})"
+        f"{_insert_events(count, 'fenced', hashes_from='chained')}"
+        " SELECT last_seq, cancel_asked FROM fenced"
+    )
+
+
+def _pg_value(n: int, name: str) -> str:
+    return f"CAST(%(e{n}_{name})s AS {_PG_TYPES[name]})"
+
+
+def _pg_link(previous: str, digest: str) -> str:
+    """SQL for ``_chain.link``: sha256 of the previous hash and the digest, in hex."""
+    return f"encode(sha256(convert_to({previous} || {digest}, 'UTF8')), 'hex')"
 
 
 def _written(cancel_asked: Any) -> Written:
     return Written.CANCEL_ASKED if cancel_asked else Written.DONE
 
 
-def _insert_events(count: int, source: str) -> str:
+def _insert_events(count: int, source: str, *, hashes_from: str = "") -> str:
     """A CTE inserting ``count`` events numbered after ``source``'s ``last_seq`` (Postgres).
 
     Each value is cast to its column's type: in a VALUES list a NULL has none.
+
+    Args:
+        hashes_from: The relation whose ``h1``..``hN`` are the events' hashes;
+            without it, the hashes are parameters like the other values.
     """
     if count == 0:
         return ""
+    given = [name for name in _EVENT_VALUES if not (hashes_from and name == "hash")]
     rows = ", ".join(
-        "("
-        + ", ".join(
-            [str(n + 1)] + [f"CAST(%(e{n}_{name})s AS {_PG_TYPES[name]})" for name in _EVENT_VALUES]
-        )
-        + ")"
+        "(" + ", ".join([str(n + 1)] + [_pg_value(n, name) for name in given]) + ")"
         for n in range(count)
     )
+    selected, inputs = ", ".join(given), source
+    if hashes_from:
+        cases = " ".join(f"WHEN {n + 1} THEN {hashes_from}.h{n + 1}" for n in range(count))
+        selected += f", CASE e.n {cases} END"
+        inputs += f", {hashes_from}"
+    columns = ", ".join(given) + (", hash" if hashes_from else "")
     return (
-        f", appended AS (INSERT INTO sagaledger_events (run_id, seq, {', '.join(_EVENT_VALUES)})"
-        f" SELECT %(_run)s, {source}.last_seq - %(_added)s + e.n, {', '.join(_EVENT_VALUES)}"
-        f" FROM {source}, (VALUES {rows}) AS e(n, {', '.join(_EVENT_VALUES)}))"
+        f", appended AS (INSERT INTO sagaledger_events (run_id, seq, {columns})"
+        f" SELECT %(_run)s, {source}.last_seq - %(_added)s + e.n, {selected}"
+        f" FROM {inputs}, (VALUES {rows}) AS e(n, {', '.join(given)}))"
     )
 
 

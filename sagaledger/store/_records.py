@@ -91,6 +91,8 @@ class RunRecord:
     cancel_requested: dict[str, Any] | None = None
     #: What the run waits for while it waits at an approval or an external event.
     awaiting: str | None = None
+    #: The hash of the run's last event (the head of its chain).
+    last_hash: str | None = None
 
 
 class Written(Enum):
@@ -144,3 +146,5 @@ class EventRecord:
     actor: str
     token: int | None
     created_at: datetime
+    #: Chained to the run's previous event (see ``sagaledger.store._chain``).
+    hash: str | None = None

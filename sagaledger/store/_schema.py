@@ -88,6 +88,8 @@ runs = Table(
     # What a waiting run waits for (see sagaledger.sagas._waits.awaiting_key):
     # delivering it wakes the runs whose column names it.
     Column("awaiting", String(400)),
+    # The hash of the run's last event: the next write extends the chain from it.
+    Column("last_hash", String(64)),
     UniqueConstraint("saga_name", "business_key", name="uq_sagaledger_runs_business_key"),
     # Only unfinished runs have a wake-up time: the recovery scan stays small
     # however many finished runs the log holds.
@@ -125,7 +127,36 @@ events = Table(
     Column("actor", String(200), nullable=False),
     Column("token", Integer),
     Column("created_at", UTCDateTime, nullable=False),
+    # sha256(the run's previous event's hash + this row's digest): see _chain.
+    Column("hash", String(64)),
     UniqueConstraint("run_id", "seq", name="uq_sagaledger_events_run_seq"),
+)
+
+#: One digest per sealed period over every event written in it, kept so that
+#: a rewrite of whole chains shows against a copy kept elsewhere.
+anchors = Table(
+    "sagaledger_anchors",
+    metadata,
+    Column("id", EventId, primary_key=True, autoincrement=True),
+    Column("period_start", UTCDateTime, nullable=False),
+    Column("period_end", UTCDateTime, nullable=False),
+    Column("events", Integer, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("sealed_at", UTCDateTime, nullable=False),
+    Column("sealed_by", String(200), nullable=False),
+    UniqueConstraint("period_start", name="uq_sagaledger_anchors_period_start"),
+)
+
+#: The shape of every saga definition a worker has run (see Saga.shape), so a
+#: deploy can be checked against what live runs still need.
+definitions = Table(
+    "sagaledger_definitions",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("fingerprint", String(64), primary_key=True),
+    Column("shape", Payload, nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
 )
 
 #: Live workers and the saga definitions they can run, so a run whose

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import OperationalError
 
-from sagaledger.store import EventType, NewEvent, SagaLog, create_store_engine
+from sagaledger.store import EventType, NewEvent, SagaLog, _chain, create_store_engine
 from sagaledger.store._schema import events, runs
 from tests.helpers import run_row
 
@@ -27,8 +27,9 @@ def stored_run(run_id: str) -> dict[str, object]:
     return {**new_run(run_id), "last_seq": 1, "created_at": WHOLE_SECOND, "updated_at": ELSEWHERE}
 
 
-#: Columns that name the run (or the row) and so differ between the two copies.
-NAMING = ("id", "business_key", "run_id")
+#: Columns that name the run (or the row) and so differ between the two copies; the
+#: hash chain starts from the run's id (its hashes are checked on their own below).
+NAMING = ("id", "business_key", "run_id", "hash", "last_hash")
 
 
 def stored(log: SagaLog, run_id: str) -> tuple[tuple[object, ...], list[tuple[object, ...]]]:
@@ -67,7 +68,13 @@ def test_rows_written_on_the_dbapi_connection_match_sqlalchemys(saga_log: SagaLo
             },
         )
     assert stored(saga_log, "fast") == stored(saga_log, "slow")
+    (event,) = saga_log.events("fast")
+    row = {f: getattr(event, f) for f in ("type", "step", "phase", "attempt", "payload")}
+    row |= {"type": "run_started", "error": None, "actor": "test", "token": 0}
+    row |= {"created_at": WHOLE_SECOND}
+    assert event.hash == _chain.link(_chain.genesis("fast"), _chain.digest(row))
     run = saga_log.get_run("fast")
+    assert run.last_hash == event.hash
     assert (run.wake_at, run.dispatched_at) == (WHOLE_SECOND, ELSEWHERE)
     assert run.wake_at is not None and run.wake_at.tzinfo is UTC
     assert run.input == {"amount": 12.5, "note": "é"} and run.last_error is None
