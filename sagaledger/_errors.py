@@ -11,6 +11,7 @@
     ├── RunNotWaitingError       the run does not wait for what was sent (an approval)
     ├── NotAllowedToDecideError  this person may not decide the run's approval
     ├── UnknownEventError        no saga waits for an event of this name
+    ├── PeriodError              an audit period cannot be sealed (not over, or sealed)
     ├── StoreError               the saga log cannot be used
     │   └── SchemaNotReadyError  the database schema is missing or out of date
     ├── BrokerError              the broker URL is malformed or its server unreachable
@@ -160,6 +161,10 @@ class UnknownEventError(SagaLedgerError):
         listed = ", ".join(known) if known else "none (start a worker with the sagas first)"
         super().__init__(f"unknown event {name!r}: no saga waits for it; known events: {listed}")
         self.name, self.known = name, known
+
+
+class PeriodError(SagaLedgerError):
+    """An audit period cannot be sealed: it has not ended, or it was sealed already."""
 
 
 class StoreError(SagaLedgerError):

@@ -25,7 +25,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from sagaledger import _cli_waits, _render
+from sagaledger import _cli_audit, _cli_waits, _render
 from sagaledger._cli_common import (
     CLIError,
     console,
@@ -211,6 +211,8 @@ def cancel(run_id: str, reason: str, by: str, store: str | None) -> None:
 # approve, reject, signal and approvals: runs that wait for people or for the world.
 for _command in _cli_waits.COMMANDS:
     cli.add_command(_command)
+# audit verify and audit seal: what finance checks.
+cli.add_command(_cli_audit.audit)
 
 
 @cli.command()
