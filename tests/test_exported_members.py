@@ -59,6 +59,8 @@ EXPECTED = {
         "Decision",
         "Dispatch",
         "Dispatcher",
+        "DriveCall",
+        "DriveOutcome",
         "EmbeddedWorker",
         "Escalate",
         "EventWait",

@@ -15,7 +15,7 @@ from sagaledger.sagas._definition import Saga, Step, step
 from sagaledger.sagas._dispatch import Dispatch, Dispatcher, queue_for
 from sagaledger.sagas._embedded import EmbeddedWorker
 from sagaledger.sagas._external_events import EventWait, SignalReceipt, wait_for_event
-from sagaledger.sagas._hooks import ActionCall, Hooks
+from sagaledger.sagas._hooks import ActionCall, DriveCall, DriveOutcome, Hooks
 from sagaledger.sagas._orchestrator import Orchestrator
 from sagaledger.sagas._policy import RetryPolicy, RetrySafety, RetrySafetyKind
 from sagaledger.sagas._registry import Registry
@@ -31,6 +31,8 @@ __all__ = [
     "Decision",
     "Dispatch",
     "Dispatcher",
+    "DriveCall",
+    "DriveOutcome",
     "EmbeddedWorker",
     "Escalate",
     "EventWait",

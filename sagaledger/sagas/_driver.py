@@ -29,7 +29,7 @@ from sagaledger.sagas._failures import (
     lost_attempt,
     may_have_landed,
 )
-from sagaledger.sagas._hooks import ActionCall
+from sagaledger.sagas._hooks import ActionCall, DriveOutcome
 from sagaledger.sagas._policy import RetryPolicy
 from sagaledger.store import (
     EventRecord,
@@ -40,6 +40,7 @@ from sagaledger.store import (
     RunStatus,
     Written,
 )
+from sagaledger.telemetry._context import RunContext, enter_run
 
 if TYPE_CHECKING:
     from sagaledger.sagas._orchestrator import Orchestrator
@@ -89,6 +90,7 @@ class RunDriver:
         # What the run waited for (an approval, an event); cleared when it moves on.
         self._awaiting = run.awaiting
         self._released = False  # the last write let the run go (a wait)
+        self._refused = False  # a write was refused: another worker has the run
 
     # -- claiming -------------------------------------------------------------
 
@@ -161,6 +163,22 @@ class RunDriver:
             self.o.leases.release(self.run_id, self.token)
 
     @property
+    def outcome(self) -> DriveOutcome:
+        """How the drive ended (once :meth:`run` has returned)."""
+        if self._refused:
+            return DriveOutcome.LEASE_LOST
+        if not self.status.active:
+            return DriveOutcome(self.status.value)
+        return DriveOutcome.WAITING
+
+    def run_context(self) -> RunContext:
+        """The run, at its current step and attempt, for log lines (see ``telemetry``)."""
+        step = self.saga.steps[self.index].name
+        return RunContext(
+            self.run_id, self.saga.name, self.saga.version, step, self.phase.value, self.attempt
+        )
+
+    @property
     def phase(self) -> Phase:
         return Phase.FORWARD if self.status is RunStatus.RUNNING else Phase.COMPENSATE
 
@@ -181,6 +199,7 @@ class RunDriver:
     def _attempt(self) -> bool:
         """Run one attempt of the current action or compensation; True to go on."""
         step = self.saga.steps[self.index]
+        enter_run(self.run_context())  # reset with the drive's, by the orchestrator
         if self._cancel_asked():
             return self._cancel(step)
         if step.wait is not None and self.phase is Phase.FORWARD:
@@ -555,6 +574,7 @@ class RunDriver:
                 self.token,
                 ", ".join(e.type.value for e in events),
             )
+            self._refused = True
             self.o.hooks.write_refused(self.run_id, self.token, events)
             return written
         if written is Written.CANCEL_ASKED and self.status is RunStatus.RUNNING:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sagaledger.store import NewEvent, Phase
@@ -22,12 +24,50 @@ class ActionCall:
     idempotency_key: str
 
 
+@dataclass(frozen=True)
+class DriveCall:
+    """One drive of a run: a worker claimed it and runs its ready work under one lease.
+
+    Attributes:
+        token: The lease token the drive holds. Only claims change a run's token,
+            so the run's first drive holds 1 and drive ``n`` follows drive ``n - 1``.
+        created_at: When the run was started.
+        started_ns: When the drive began (before its claim), in ``time.time_ns()``.
+    """
+
+    run_id: str
+    saga: str
+    version: int
+    token: int
+    created_at: datetime
+    started_ns: int
+
+
+class DriveOutcome(StrEnum):
+    """How a drive ended."""
+
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    PARKED = "parked"
+    WAITING = "waiting"  # let go until a time or a delivery: a back-off, timer, approval, event
+    LEASE_LOST = "lease_lost"  # a write was refused: another worker has the run
+    ERROR = "error"  # the drive raised (the store went away; a simulated crash in tests)
+
+
 class Hooks:
     """Override any method; the orchestrator calls each at the point it names.
 
     Hooks run in the worker thread, synchronously; an exception raised by a hook
     propagates (so a test can simulate a crash at that point).
     """
+
+    def drive_started(self, drive: DriveCall) -> None:
+        """A worker claimed the run; its steps are about to run."""
+
+    def drive_finished(
+        self, drive: DriveCall, outcome: DriveOutcome, error: BaseException | None
+    ) -> None:
+        """The drive let the run go (its lease is released); ``error`` if it raised."""
 
     def before_action(self, call: ActionCall) -> None:
         """An action or compensation is about to run."""

@@ -22,7 +22,7 @@ from sagaledger.sagas._definition import Saga
 from sagaledger.sagas._dispatch import Dispatch, Dispatcher
 from sagaledger.sagas._driver import RunDriver
 from sagaledger.sagas._external_events import SignalReceipt, deliver
-from sagaledger.sagas._hooks import ActionCall, Hooks
+from sagaledger.sagas._hooks import ActionCall, DriveCall, DriveOutcome, Hooks
 from sagaledger.sagas._leases import LeaseKeeper
 from sagaledger.sagas._liveness import host_key, is_running
 from sagaledger.sagas._registry import Registry
@@ -37,6 +37,7 @@ from sagaledger.store import (
     utc_now,
 )
 from sagaledger.store._log import Definition
+from sagaledger.telemetry._context import enter_run, leave_run
 
 logger = logging.getLogger("sagaledger.orchestrator")
 
@@ -51,6 +52,16 @@ class _HookChain(Hooks):
 
     def __init__(self, hooks: Iterable[Hooks]):
         self.hooks = list(hooks)
+
+    def drive_started(self, drive: DriveCall) -> None:
+        for hook in self.hooks:
+            hook.drive_started(drive)
+
+    def drive_finished(
+        self, drive: DriveCall, outcome: DriveOutcome, error: BaseException | None
+    ) -> None:
+        for hook in self.hooks:
+            hook.drive_finished(drive, outcome, error)
 
     def before_action(self, call: ActionCall) -> None:
         for hook in self.hooks:
@@ -303,9 +314,25 @@ class Orchestrator:
         if saga is None or saga.fingerprint != run.fingerprint:
             self._wait_for_version(run, saga, now)
             return
+        started_ns = time.time_ns()
         driver = RunDriver(self, saga, run)
-        if driver.claim():
-            driver.run()
+        # Every line logged from here to the release names the run (and, later, the step).
+        context = enter_run(driver.run_context())
+        try:
+            if not driver.claim():
+                return
+            call = DriveCall(
+                run.id, run.saga_name, run.saga_version, driver.token, run.created_at, started_ns
+            )
+            self.hooks.drive_started(call)
+            try:
+                driver.run()
+            except BaseException as exc:
+                self.hooks.drive_finished(call, DriveOutcome.ERROR, exc)
+                raise
+            self.hooks.drive_finished(call, driver.outcome, None)
+        finally:
+            leave_run(context)
 
     def _wait_for_version(self, run: RunRecord, here: Saga | None, now: datetime) -> None:
         wanted = (
