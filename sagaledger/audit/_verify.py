@@ -110,6 +110,7 @@ def check_run(run_id: str, head: str | None, chained: list[ChainedEvent]) -> lis
         return [Problem("deleted", run_id, None, None, f"run {run_id}: every event is gone")]
     problems: list[Problem] = []
     digests = [digest(e.row) for e in chained]
+    moved: set[str] = set()  # hashes of rows found out of place
     previous, last_seq = genesis(run_id), 0
     for n, event in enumerate(chained):
         where = f"run {run_id} event seq {event.seq} (row id {event.id})"
@@ -117,45 +118,50 @@ def check_run(run_id: str, head: str | None, chained: list[ChainedEvent]) -> lis
         def found(kind: str, what: str, at: ChainedEvent = event, place: str = where) -> None:
             problems.append(Problem(kind, run_id, at.seq, at.id, f"{place}: {what}"))
 
-        if event.seq != last_seq + 1:
-            missing = (
-                f"seq {last_seq + 1}"
-                if event.seq == last_seq + 2
-                else f"seqs {last_seq + 1} to {event.seq - 1}"
-            )
-            if event.seq > last_seq + 1:
-                found("deleted", f"{missing} before it deleted")
+        gap = event.seq > last_seq + 1
+        if gap:
+            missing = [str(seq) for seq in (last_seq + 1, event.seq - 1)]
+            found("deleted", f"seq {'..'.join(dict.fromkeys(missing))} before it deleted")
         if event.hash is None:
             found("unhashed", "carries no hash: written or altered outside sagaledger")
-        elif link(previous, digests[n]) != event.hash:
-            found(*_why_unchained(run_id, chained, digests, n, previous))
+        elif link(previous, digests[n]) != event.hash and not gap:
+            after = _written_after(run_id, chained, digests, n)
+            if after is None:
+                found("edited", "edited (or an event before it deleted, and the rest renumbered)")
+            elif after not in moved:  # not merely displaced by a row moved before it
+                moved.add(event.hash)
+                was = "the run's start" if after == genesis(run_id) else _seq_of(chained, after)
+                found("reordered", f"moved: it was written right after {was}")
         previous, last_seq = event.hash or previous, event.seq
     last = chained[-1]
     if head != last.hash:
-        later = "deleted" if any(e.hash == head for e in chained) else "altered"
+        kept = next((e for e in chained if e.hash == head), None)
+        what = (
+            f"events after seq {kept.seq} were added by hand"
+            if kept is not None
+            else f"events after seq {last.seq} were deleted, or the chain head was altered"
+        )
         problems.append(
             Problem(
                 "head",
                 run_id,
                 last.seq,
                 last.id,
-                f"run {run_id}: its recorded chain head is not the hash of its last event "
-                f"(seq {last.seq}): events after it were {later}",
+                f"run {run_id}: its chain head is not the hash of its last event "
+                f"(seq {last.seq}): {what}",
             )
         )
     return problems
 
 
-def _why_unchained(
-    run_id: str, chained: list[ChainedEvent], digests: list[str], n: int, previous: str
-) -> tuple[str, str]:
-    """Why event ``n`` does not chain from the one before it: (kind, what was found)."""
+def _written_after(
+    run_id: str, chained: list[ChainedEvent], digests: list[str], n: int
+) -> str | None:
+    """The hash event ``n`` was chained from, if it is the start or another row's."""
     event = chained[n]
-    for other in [None, *chained]:
-        before = genesis(run_id) if other is None else other.hash
-        if other is not event and before is not None and link(before, digests[n]) == event.hash:
-            was = "the run's first event" if other is None else f"seq {other.seq}"
-            return "reordered", f"moved: it was written after {was}"
-    if n + 1 < len(chained) and chained[n + 1].hash == link(event.hash or "", digests[n + 1]):
-        return "edited", "edited: its content does not give the hash it carries"
-    return "edited", "edited, or an event before it deleted and the rest renumbered"
+    candidates = [genesis(run_id), *(e.hash for e in chained if e is not event and e.hash)]
+    return next((h for h in candidates if link(h, digests[n]) == event.hash), None)
+
+
+def _seq_of(chained: list[ChainedEvent], value: str) -> str:
+    return next(f"seq {e.seq}" for e in chained if e.hash == value)
