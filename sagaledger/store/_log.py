@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sagaledger._errors import SchemaNotReadyError, StoreError, UnknownRunError
-from sagaledger.store import _chain, _migrate
+from sagaledger.store import _chain, _migrate, _stats
 from sagaledger.store._engine import create_store_engine, read
 from sagaledger.store._raw import RawStatements
 from sagaledger.store._records import (
@@ -27,6 +27,7 @@ from sagaledger.store._records import (
     Written,
 )
 from sagaledger.store._schema import events, runs, signals, workers
+from sagaledger.store._stats import WaitingRuns
 
 
 class SagaLog:
@@ -284,6 +285,14 @@ class SagaLog:
         query = select(runs.c.status, func.count()).group_by(runs.c.status)
         with read(self.engine) as conn:
             return {status: count for status, count in conn.execute(query)}
+
+    def run_counts(self, statuses: Collection[str] | None = None) -> dict[tuple[str, str], int]:
+        """The number of runs per (status, saga name), of ``statuses`` only if given."""
+        return _stats.counts(self.engine, statuses)
+
+    def waiting_runs(self, now: datetime) -> list[WaitingRuns]:
+        """Per saga, the runs that wait (a back-off, a timer, an approval, an event) at ``now``."""
+        return _stats.waiting(self.engine, now)
 
     def events(self, run_id: str, *, types: Sequence[EventType] | None = None) -> list[EventRecord]:
         """Return the events of ``run_id`` in sequence order."""

@@ -15,11 +15,15 @@ from sagaledger.telemetry._context import RunContext, current_run
 from sagaledger.telemetry._logs import JsonFormatter
 
 if TYPE_CHECKING:
+    from sagaledger.telemetry._collector import SagaLogCollector
     from sagaledger.telemetry._ids import run_span_id, run_trace_id
+    from sagaledger.telemetry._metrics import MetricsHooks
     from sagaledger.telemetry._tracing import TracingHooks
 
 #: Names that need the extra, and the module each comes from.
 _EXTRA = {
+    "MetricsHooks": "_metrics",
+    "SagaLogCollector": "_collector",
     "TracingHooks": "_tracing",
     "run_span_id": "_ids",
     "run_trace_id": "_ids",
@@ -41,7 +45,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "JsonFormatter",
+    "MetricsHooks",
     "RunContext",
+    "SagaLogCollector",
     "TracingHooks",
     "current_run",
     "run_span_id",
