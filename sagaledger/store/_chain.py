@@ -8,18 +8,20 @@ statement that appends to it. The digest covers everything an event says
 (type, step, phase, attempt, payload, error, actor, fencing token, time); the
 order and the run are covered by the chain itself.
 
-JSON is digested in a canonical form that reads the same whichever way the
-database stored it: keys sorted, and a float with no fraction written as an
-integer (Postgres keeps ``1e+20`` as ``100000000000000000000``, which reads
-back as an int).
+JSON is digested in a form that reads the same whichever way the database
+stored it: keys sorted, and a number Python writes with a positive exponent
+written as the integer it is (Postgres keeps ``1e+20`` as
+``100000000000000000000``, which reads back as an int).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 
@@ -41,14 +43,25 @@ def digest(row: dict[str, Any]) -> str:
         row["step"],
         row["phase"],
         row["attempt"],
-        _canonical(row["payload"]),
-        _canonical(row["error"]),
+        row["payload"],
+        row["error"],
         row["actor"],
         row["token"],
         created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
     ]
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    if "e+" in text:  # rare: only floats of 1e16 and more are written so
+        text = _EXPONENT.sub(_as_integer, text)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: A number written with a positive exponent (``1e+20``, ``-1.5e+16``).
+_EXPONENT = re.compile(r"-?\d+(?:\.\d+)?e\+\d+")
+
+
+def _as_integer(number: re.Match[str]) -> str:
+    # Such a float has no fraction; Postgres gives it back as the integer it is.
+    return str(int(Decimal(number.group())))
 
 
 def chain(previous: str, rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -63,13 +76,3 @@ def links(previous: str, digests: Sequence[str]) -> list[str]:
         previous = link(previous, value)
         hashes.append(previous)
     return hashes
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    return value
