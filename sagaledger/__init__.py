@@ -1,6 +1,7 @@
 """sagaledger: durable sagas with compensation, idempotency and audit built in."""
 
 from sagaledger._errors import (
+    ActionRefusedError,
     BrokerError,
     DefinitionError,
     DuplicateSagaError,
@@ -28,6 +29,7 @@ from sagaledger.sagas import (
     EmbeddedWorker,
     Escalate,
     Hooks,
+    OperatorReceipt,
     Orchestrator,
     Registry,
     RetryPolicy,
@@ -45,6 +47,7 @@ from sagaledger.store import EventType, Phase, RunStatus, SagaLog
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActionRefusedError",
     "BrokerError",
     "CancelOutcome",
     "CompensationContext",
@@ -57,6 +60,7 @@ __all__ = [
     "Hooks",
     "InputValidationError",
     "NotAllowedToDecideError",
+    "OperatorReceipt",
     "Orchestrator",
     "OutcomeUnknownError",
     "PermanentError",

@@ -9,6 +9,7 @@
     ├── UnknownRunError          no run with this id
     ├── RunNotActiveError        the run has finished (or is parked): nothing to act on
     ├── RunNotWaitingError       the run does not wait for what was sent (an approval)
+    ├── ActionRefusedError       an operator action does not apply to the run as it stands
     ├── NotAllowedToDecideError  this person may not decide the run's approval
     ├── UnknownEventError        no saga waits for an event of this name
     ├── PeriodError              an audit period cannot be sealed (not over, or sealed)
@@ -129,6 +130,20 @@ class RunNotWaitingError(SagaLedgerError):
     def __init__(self, run_id: str, message: str):
         super().__init__(f"run {run_id!r} {message}")
         self.run_id = run_id
+
+
+class ActionRefusedError(SagaLedgerError):
+    """An operator action does not apply to the run as it stands; the message says what would.
+
+    Args:
+        run_id: The run.
+        action: What was asked (``resume``, ``force-compensate``...).
+        why: Why not, and what to do instead.
+    """
+
+    def __init__(self, run_id: str, action: str, why: str):
+        super().__init__(f"cannot {action} run {run_id!r}: {why}")
+        self.run_id, self.action, self.why = run_id, action, why
 
 
 class NotAllowedToDecideError(SagaLedgerError):

@@ -30,6 +30,7 @@ STATUS_STYLES = {
     RunStatus.COMPLETED: "green",
     RunStatus.COMPENSATED: "yellow",
     RunStatus.PARKED: "bold red",
+    RunStatus.RESOLVED: "blue",
 }
 
 #: How each event type is coloured in a timeline: failures red, undoing magenta.
@@ -53,6 +54,7 @@ EVENT_STYLES = {
     EventType.APPROVAL_DECIDED: "bold",
     EventType.EVENT_AWAITED: "cyan",
     EventType.EVENT_RECEIVED: "green",
+    EventType.OPERATOR_ACTION: "bold blue",
 }
 
 #: How a decision kept in the signals table reads.
@@ -189,6 +191,8 @@ def event_summary(event: EventRecord, width: int = 90) -> str:
         text = _asked(p)
     elif kind is EventType.APPROVAL_DECIDED:
         text = _decided(p)
+    elif kind is EventType.OPERATOR_ACTION:
+        text = _operator_action(event.actor, p)
     elif kind is EventType.EVENT_AWAITED:
         text = f"event {p.get('event')!r} key {p.get('key')!r} until {_moment(p.get('deadline'))}"
     elif kind is EventType.EVENT_RECEIVED:
@@ -216,6 +220,16 @@ def _asked(p: dict[str, Any]) -> str:
         text = f"no decision by {_moment(p.get('missed_deadline'))}; {text}"
     if p.get("shown") is not None:
         text += f"; shown {_compact(p.get('shown'))}"
+    return text
+
+
+def _operator_action(actor: str, p: dict[str, Any]) -> str:
+    """An operator's action: what, by whom, why, and anything it left undone."""
+    action = str(p.get("action", "")).replace("_", "-")
+    text = f"{action} by {actor}: {p.get('reason', '')}"
+    left = p.get("not_compensated")
+    if isinstance(left, dict):
+        text += f" (step {left.get('step')!r} not compensated: {left.get('why')})"
     return text
 
 

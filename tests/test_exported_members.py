@@ -8,6 +8,7 @@ import sagaledger.testing
 
 EXPECTED = {
     sagaledger: [
+        "ActionRefusedError",
         "BrokerError",
         "CancelOutcome",
         "CompensationContext",
@@ -20,6 +21,7 @@ EXPECTED = {
         "Hooks",
         "InputValidationError",
         "NotAllowedToDecideError",
+        "OperatorReceipt",
         "Orchestrator",
         "OutcomeUnknownError",
         "PermanentError",
@@ -57,6 +59,8 @@ EXPECTED = {
         "CancelOutcome",
         "CompensationContext",
         "Decision",
+        "DeployCheck",
+        "DeployProblem",
         "Dispatch",
         "Dispatcher",
         "DriveCall",
@@ -67,8 +71,10 @@ EXPECTED = {
         "Hooks",
         "Maintenance",
         "MaintenanceMiddleware",
+        "OperatorReceipt",
         "Orchestrator",
         "PendingApproval",
+        "ProblemKind",
         "Registry",
         "RetryPolicy",
         "RetrySafety",
@@ -81,6 +87,7 @@ EXPECTED = {
         "TimerWait",
         "approval",
         "build_broker",
+        "check_deploy",
         "declare_actors",
         "idempotency_key",
         "queue_for",

@@ -12,10 +12,12 @@ from sagaledger.sagas._brokers import build_broker
 from sagaledger.sagas._cancel import CancelOutcome
 from sagaledger.sagas._context import CompensationContext, StepContext, idempotency_key
 from sagaledger.sagas._definition import Saga, Step, step
+from sagaledger.sagas._deploy import DeployCheck, DeployProblem, ProblemKind, check_deploy
 from sagaledger.sagas._dispatch import Dispatch, Dispatcher, queue_for
 from sagaledger.sagas._embedded import EmbeddedWorker
 from sagaledger.sagas._external_events import EventWait, SignalReceipt, wait_for_event
 from sagaledger.sagas._hooks import ActionCall, DriveCall, DriveOutcome, Hooks
+from sagaledger.sagas._operator import OperatorReceipt
 from sagaledger.sagas._orchestrator import Orchestrator
 from sagaledger.sagas._policy import RetryPolicy, RetrySafety, RetrySafetyKind
 from sagaledger.sagas._registry import Registry
@@ -29,6 +31,8 @@ __all__ = [
     "CancelOutcome",
     "CompensationContext",
     "Decision",
+    "DeployCheck",
+    "DeployProblem",
     "Dispatch",
     "Dispatcher",
     "DriveCall",
@@ -39,8 +43,10 @@ __all__ = [
     "Hooks",
     "Maintenance",
     "MaintenanceMiddleware",
+    "OperatorReceipt",
     "Orchestrator",
     "PendingApproval",
+    "ProblemKind",
     "Registry",
     "RetryPolicy",
     "RetrySafety",
@@ -53,6 +59,7 @@ __all__ = [
     "TimerWait",
     "approval",
     "build_broker",
+    "check_deploy",
     "declare_actors",
     "idempotency_key",
     "queue_for",

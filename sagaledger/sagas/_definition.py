@@ -174,21 +174,32 @@ class Saga:
         """The 0-based position of step ``name`` (see :meth:`step_named` for errors)."""
         return self.steps.index(self.step_named(name))
 
-    @cached_property
-    def fingerprint(self) -> str:
-        """A digest of the definition's shape, recorded on every run.
+    @property
+    def shape(self) -> dict[str, Any]:
+        """What a resumed run depends on, as plain JSON: the fingerprint is its digest.
 
-        It covers what a resumed run depends on: the input schema, the steps' names
-        and order, and how each is retried and undone. Editing an action's body does
-        not change it; renaming, reordering or re-declaring a step does.
+        The input schema, and for each step in order its name, whether it is
+        compensable or the pivot, how it is safe to retry and whether it waits.
+        Workers record it (``sagaledger_definitions``) so that ``check-deploy``
+        can say what a new deploy changes for the runs still in flight. A fresh
+        dict on each call: changing it changes nothing.
         """
-        shape = {
+        return {
             "name": self.name,
             "version": self.version,
             "input": self.input.model_json_schema(),
             "steps": [_step_shape(s) for s in self.steps],
         }
-        blob = json.dumps(shape, sort_keys=True, separators=(",", ":")).encode()
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the definition's :attr:`shape`, recorded on every run.
+
+        It covers what a resumed run depends on: the input schema, the steps' names
+        and order, and how each is retried and undone. Editing an action's body does
+        not change it; renaming, reordering or re-declaring a step does.
+        """
+        blob = json.dumps(self.shape, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

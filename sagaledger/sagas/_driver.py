@@ -438,7 +438,9 @@ class RunDriver:
             self._claimed_from.cancel_requested or self.o.log.get_run(self.run_id).cancel_requested
         )
         assert asked is not None  # seen only once it was written
-        reason = f"cancelled by {asked['by']}: {asked['reason']}"
+        # An operator's force-compensate travels as a cancel request that says so.
+        verb = "force-compensated" if asked.get("action") == "force_compensate" else "cancelled"
+        reason = f"{verb} by {asked['by']}: {asked['reason']}"
         pivot = completed_pivot(self.saga, list(self.outputs))
         if pivot is not None:
             # Past a pivot the run can only go forward: refuse, in the log, and go on.

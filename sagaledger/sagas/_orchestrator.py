@@ -13,9 +13,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from sagaledger._errors import InputValidationError, UnknownRunError
 from sagaledger.connectors._ratelimit import MemoryRateLimiter, RateLimit, RateLimiter
+from sagaledger.sagas import _operator
 from sagaledger.sagas._approvals import Decision, PendingApproval, decide, pending_approval
 from sagaledger.sagas._cancel import CancelOutcome, request_cancel
 from sagaledger.sagas._definition import Saga
@@ -25,6 +27,7 @@ from sagaledger.sagas._external_events import SignalReceipt, deliver
 from sagaledger.sagas._hooks import ActionCall, DriveCall, DriveOutcome, Hooks
 from sagaledger.sagas._leases import LeaseKeeper
 from sagaledger.sagas._liveness import host_key, is_running
+from sagaledger.sagas._operator import OperatorReceipt
 from sagaledger.sagas._registry import Registry
 from sagaledger.sagas._waits import APPROVAL_AWAITING, APPROVAL_SIGNAL, approval_key
 from sagaledger.store import (
@@ -152,6 +155,7 @@ class Orchestrator:
         self.leases = LeaseKeeper(log, lease, clock)
         self.host_key = host_key()
         self._dispatcher: Dispatcher | None = None
+        self._shapes_recorded = False  # see _record_shapes
 
     @property
     def actor(self) -> str:
@@ -231,6 +235,7 @@ class Orchestrator:
         if isinstance(saga, Saga) and version is None:
             version = saga.version
         definition = self.registry.get(name, version)
+        self._record_shapes()
         try:
             raw = input.model_dump(mode="json") if isinstance(input, BaseModel) else input
             validated = definition.input.model_validate(raw)
@@ -452,6 +457,7 @@ class Orchestrator:
         """
         now = self.clock()
         mine = self.registry.definitions()
+        self._record_shapes()
         self.log.heartbeat(
             self.worker_id,
             mine,
@@ -516,3 +522,88 @@ class Orchestrator:
                 NewEvent(EventType.VERSION_UNAVAILABLE, self.actor, payload={"reason": reason})
             )
         self.log.append(run_id, token, events, now, blocked_reason=reason, **changes)
+
+    # -- operator actions -----------------------------------------------------
+
+    def retry_compensation(self, run_id: str, *, by: str, reason: str) -> OperatorReceipt:
+        """Retry the compensation a run parked on, from attempt 1; then it unwinds on.
+
+        For a run parked while compensating (a compensation that failed through
+        its attempts, or permanently), once its cause is fixed. The run is woken
+        at once; the log records an ``operator_action`` event with ``by`` as its actor.
+
+        Args:
+            run_id: The run.
+            by: Who acts (``alice@example.com``), kept as the event's actor.
+            reason: Why, kept in the log.
+
+        Raises:
+            UnknownRunError: no such run.
+            RunNotActiveError: the run has finished (or been resolved).
+            ActionRefusedError: it is not parked, or parked going forward (resume it).
+            ValueError: an empty ``by`` or reason.
+        """
+        return _operator.retry_compensation(self, run_id, by, reason)
+
+    def resume(self, run_id: str, *, by: str, reason: str) -> OperatorReceipt:
+        """Retry the step a run parked on going forward, from attempt 1.
+
+        For a run parked by a failure past a completed pivot, or by a step whose
+        outcome is unknown and that has no probe (the retry sends the same
+        idempotency key). See :meth:`retry_compensation` for the arguments.
+
+        Raises:
+            UnknownRunError: no such run.
+            RunNotActiveError: the run has finished (or been resolved).
+            ActionRefusedError: it is not parked, it parked compensating (retry the
+                compensation), or it parked while being cancelled (force-compensate it).
+            ValueError: an empty ``by`` or reason.
+        """
+        return _operator.resume(self, run_id, by, reason)
+
+    def force_compensate(self, run_id: str, *, by: str, reason: str) -> OperatorReceipt:
+        """Compensate a running, waiting or forward-parked run now, as a cancel would.
+
+        A waiting run (a back-off, a timer, an approval, an event) and a parked
+        one turn at once; a run with a step in flight turns once that step is
+        checkpointed. Never past a completed pivot: that is refused, naming the
+        pivot. A parked step whose outcome is unknown is left alone, and the
+        event and the receipt say so (check it in the remote system). See
+        :meth:`retry_compensation` for the arguments.
+
+        Raises:
+            UnknownRunError: no such run.
+            RunNotActiveError: the run has finished (or been resolved).
+            ActionRefusedError: it is compensating already, parked compensating, past
+                a completed pivot, or parked on a saga whose shape is unknown here.
+            ValueError: an empty ``by`` or reason.
+        """
+        return _operator.force_compensate(self, run_id, by, reason)
+
+    def resolve(self, run_id: str, *, by: str, reason: str) -> OperatorReceipt:
+        """Close a parked run as ``resolved``: what it still needed was done by hand.
+
+        The reason says what (``refunded by hand, ticket 123``). No worker acts on
+        the run again. See :meth:`retry_compensation` for the arguments.
+
+        Raises:
+            UnknownRunError: no such run.
+            RunNotActiveError: the run has finished (or been resolved already).
+            ActionRefusedError: it is running or compensating (force-compensate or
+                cancel it first, or let it finish).
+            ValueError: an empty ``by`` or reason.
+        """
+        return _operator.resolve(self, run_id, by, reason)
+
+    def _record_shapes(self) -> None:
+        """Record the registered definitions' shapes, once per orchestrator (for check-deploy)."""
+        if self._shapes_recorded or not len(self.registry):
+            return
+        shapes = [((s.name, s.version, s.fingerprint), s.shape) for s in self.registry]
+        try:
+            self.log.record_definitions(shapes, self.clock())
+        except SQLAlchemyError:
+            # Only check-deploy reads them: try again on the next start or recovery pass.
+            logger.exception("could not record the saga definitions; will try again")
+            return
+        self._shapes_recorded = True

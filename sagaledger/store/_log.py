@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,7 +12,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sagaledger._errors import SchemaNotReadyError, StoreError, UnknownRunError
-from sagaledger.store import _chain, _migrate, _stats
+from sagaledger.store import _chain, _definitions, _migrate, _stats
+from sagaledger.store._definitions import Definition as Definition
+from sagaledger.store._definitions import DefinitionInUse
 from sagaledger.store._engine import create_store_engine, read
 from sagaledger.store._raw import RawStatements
 from sagaledger.store._records import (
@@ -439,15 +441,37 @@ class SagaLog:
             rows = conn.execute(query).scalars()
             return {(str(n), int(v), str(f)) for definitions in rows for n, v, f in definitions}
 
+    # -- definitions (see _definitions) --------------------------------------------
+
+    def record_definitions(
+        self, shapes: Iterable[tuple[Definition, dict[str, Any]]], now: datetime
+    ) -> int:
+        """Keep the shape of each definition (see ``Saga.shape``) once; return how many were new.
+
+        A definition already recorded keeps its row (and its ``first_seen``).
+        """
+        return _definitions.record(self.engine, shapes, now)
+
+    def definition_shape(self, definition: Definition) -> dict[str, Any] | None:
+        """The shape some worker recorded for ``definition`` (name, version, fingerprint)."""
+        return _definitions.shape_of(self.engine, definition)
+
+    def definitions_in_use(self, sample: int = 3) -> list[DefinitionInUse]:
+        """The definitions unfinished runs (running, compensating, parked) were started on."""
+        return _definitions.in_use(self.engine, sample)
+
+    def completed_by_unfinished(
+        self, definition: Definition, step: str, sample: int = 3
+    ) -> tuple[int, tuple[str, ...]]:
+        """How many unfinished runs of ``definition`` have completed ``step``, and a few ids."""
+        return _definitions.completed_by_unfinished(self.engine, definition, step, sample)
+
     def known_events(self, since: datetime) -> set[str]:
         """The external events the sagas of some worker seen since ``since`` wait for."""
         query = select(workers.c.events).where(workers.c.seen_at >= since)
         with read(self.engine) as conn:
             return {str(name) for names in conn.execute(query).scalars() for name in names or ()}
 
-
-#: (saga name, version, fingerprint): what a worker can run.
-Definition = tuple[str, int, str]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     COMPENSATED = "compensated"
     PARKED = "parked"
+    #: Closed by an operator after a park, the rest done by hand (a manual refund).
+    RESOLVED = "resolved"
 
     @property
     def active(self) -> bool:
@@ -30,6 +32,8 @@ class RunStatus(StrEnum):
 
 #: Statuses the recovery pass and workers drive.
 ACTIVE_STATUSES = (RunStatus.RUNNING.value, RunStatus.COMPENSATING.value)
+#: Statuses of runs that are not over: driven, or parked until a person acts.
+UNFINISHED_STATUSES = (*ACTIVE_STATUSES, RunStatus.PARKED.value)
 
 
 class Phase(StrEnum):
@@ -62,6 +66,9 @@ class EventType(StrEnum):
     APPROVAL_DECIDED = "approval_decided"  # actor: the approver (or the worker, by default)
     EVENT_AWAITED = "event_awaited"  # payload: event, key, deadline
     EVENT_RECEIVED = "event_received"  # payload: event, key, payload, sender, received_at
+    #: A person acted on the run (retry, resume, force-compensate, resolve); actor: who.
+    #: Payload: action, reason, and what changed (status, step...).
+    OPERATOR_ACTION = "operator_action"
 
 
 @dataclass(frozen=True)
