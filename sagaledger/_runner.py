@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterable
-from contextlib import closing
+from contextlib import ExitStack, closing
 from types import FrameType
 
 import dramatiq
@@ -72,7 +72,16 @@ def run_worker(
         say: Prints a progress line for people.
         ready_note: Appended to the "ready" line.
     """
-    with closing(open_store(settings.store, settings.threads)) as log:
+    with closing(open_store(settings.store, settings.threads)) as log, ExitStack() as telemetry:
+        if settings.metrics_port is not None:
+            # Imported here: the telemetry extra is only needed when asked for.
+            from sagaledger.telemetry._setup import serve_metrics
+
+            metrics, stop_serving = serve_metrics(log, settings.metrics_port, settings.metrics_addr)
+            telemetry.callback(stop_serving)
+            hooks = [*hooks, metrics]
+            where = f"{settings.metrics_addr}:{settings.metrics_port}"
+            ready_note = f", metrics on http://{where}/metrics{ready_note}"
         broker = build_broker(settings.broker)
         orchestrator = Orchestrator(
             log,

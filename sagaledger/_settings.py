@@ -9,6 +9,7 @@ so a service embedding the library is never configured behind its back.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,14 @@ class Settings(BaseSettings):
         dispatch_grace_seconds: How long a newly due run may wait for its own
             message before the recovery pass drives it anyway.
         queue: Prefix of the broker's queue names (one queue per saga version).
+        metrics_port: Serve Prometheus metrics at ``/metrics`` on this port (None:
+            not at all). With N processes, process ``i`` (from 0) serves on
+            ``metrics_port + i``.
+        metrics_addr: The address the metrics server listens on.
+        tracing: ``auto``: emit OpenTelemetry spans when the SDK is configured
+            (a tracer provider is set, or ``OTEL_TRACES_EXPORTER`` names an
+            exporter); ``on``: always, configuring the SDK from the ``OTEL_*``
+            variables if nothing did; ``off``: never.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
@@ -50,6 +59,9 @@ class Settings(BaseSettings):
     recovery_interval_seconds: float = Field(default=2, gt=0)
     dispatch_grace_seconds: float = Field(default=10, ge=0)
     queue: str = Field(default="sagaledger", pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_addr: str = "0.0.0.0"
+    tracing: Literal["auto", "on", "off"] = "auto"
 
     @property
     def lease(self) -> timedelta:

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
@@ -52,13 +52,20 @@ class Supervisor:
         command: The worker's command line.
         processes: How many to keep running.
         env: Their environment.
+        slot_env: More variables for the worker in slot ``n`` (1 to ``processes``;
+            a replacement takes its predecessor's slot), e.g. its own metrics port.
     """
 
     def __init__(
-        self, command: Sequence[str], processes: int, env: Mapping[str, str] | None = None
+        self,
+        command: Sequence[str],
+        processes: int,
+        env: Mapping[str, str] | None = None,
+        slot_env: Callable[[int], Mapping[str, str]] | None = None,
     ):
         self.command = list(command)
         self.env = dict(env) if env is not None else None
+        self.slot_env = slot_env
         self.slots = [_Slot(n) for n in range(1, processes + 1)]
         self._signals = 0
 
@@ -85,7 +92,10 @@ class Supervisor:
         self._signals += 1
 
     def _spawn(self, slot: _Slot) -> None:
-        slot.process = subprocess.Popen(self.command, env=self.env, process_group=0)
+        env = self.env
+        if self.slot_env is not None:
+            env = {**(os.environ if env is None else env), **self.slot_env(slot.number)}
+        slot.process = subprocess.Popen(self.command, env=env, process_group=0)
         slot.started = time.monotonic()
         logger.info("worker %d/%d started: pid %d", slot.number, len(self.slots), slot.process.pid)
 

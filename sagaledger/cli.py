@@ -11,6 +11,7 @@ Every command takes ``--store URL`` (or ``SAGALEDGER_STORE``; a SQLite file
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from sagaledger._errors import SagaLedgerError, StoreError
 from sagaledger._runner import check_config, run_worker
 from sagaledger._settings import ENV_PREFIX, Settings
 from sagaledger._supervisor import Supervisor
-from sagaledger.sagas import CancelOutcome, Orchestrator, Registry
+from sagaledger.sagas import CancelOutcome, Hooks, Orchestrator, Registry
 from sagaledger.store import (
     RunStatus,
     create_store_engine,
@@ -51,6 +52,7 @@ from sagaledger.store import (
     upgrade,
     utc_now,
 )
+from sagaledger.telemetry import JsonFormatter
 from sagaledger.testing import CrashAt
 
 
@@ -249,6 +251,32 @@ cli.add_command(_cli_audit.audit)
     show_default=True,
     help="Level of sagaledger's own log messages.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with run_id, saga, step, phase and attempt "
+    "on every line logged while a run is driven.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on http://ADDR:PORT/metrics; with --processes N, "
+    f"process i serves on PORT+i [env {ENV_PREFIX}METRICS_PORT; needs sagaledger[telemetry]].",
+)
+@click.option(
+    "--metrics-addr",
+    metavar="ADDR",
+    help=f"The address the metrics server listens on [env {ENV_PREFIX}METRICS_ADDR; "
+    "default 0.0.0.0].",
+)
+@click.option(
+    "--tracing",
+    type=click.Choice(["auto", "on", "off"]),
+    help="OpenTelemetry spans: auto when the SDK is configured (a tracer provider, or OTEL_* "
+    f"variables naming an exporter), on, or off [env {ENV_PREFIX}TRACING; default auto].",
+)
 @click.option("--supervised", is_flag=True, hidden=True)
 def worker(
     store: str | None,
@@ -258,6 +286,10 @@ def worker(
     threads: int | None,
     crash_at: str | None,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_addr: str | None,
+    tracing: str | None,
     supervised: bool,
 ) -> None:
     """Run sagas from the log until SIGTERM or SIGINT.
@@ -274,26 +306,47 @@ def worker(
     at the point given (once), leaving the run exactly as a real crash would;
     e.g. --crash-at charge_payment:after_action dies after the charge's effect,
     before its checkpoint.
+
+    Telemetry (see docs/telemetry.md): --metrics-port serves Prometheus metrics,
+    --tracing emits OpenTelemetry spans, --log-format json writes JSON log lines.
     """
-    settings = load_settings(store=store, broker=broker, processes=processes, threads=threads)
-    # Our loggers at the chosen level; libraries' (alembic, dramatiq) only when it matters.
-    logging.basicConfig(
-        level=logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    settings = load_settings(
+        store=store,
+        broker=broker,
+        processes=processes,
+        threads=threads,
+        metrics_port=metrics_port,
+        metrics_addr=metrics_addr,
+        tracing=tracing,
     )
+    _needs_telemetry_extra(settings)
+    # Our loggers at the chosen level; libraries' (alembic, dramatiq) only when it matters.
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("sagaledger").setLevel(log_level.upper())
     registry = load_app(app)
-    hooks = [_crash_hook(crash_at, registry)] if crash_at else []
+    hooks: list[Hooks] = [_crash_hook(crash_at, registry)] if crash_at else []
     if settings.processes > 1:
         check_config(settings)
-        options = ["--app", app, "--log-level", log_level, "--processes", "1", "--supervised"]
+        options = ["--app", app, "--log-level", log_level, "--log-format", log_format]
+        options += ["--processes", "1", "--supervised"]
         if crash_at:
             options += ["--crash-at", crash_at]
         # URLs travel in the environment, where `ps` does not show their passwords.
         env = {**os.environ, **_settings_env(settings), f"{ENV_PREFIX}PROCESSES": "1"}
         command = [sys.executable, "-m", "sagaledger", "worker", *options]
-        raise SystemExit(Supervisor(command, settings.processes, env).run())
+        port = settings.metrics_port
+
+        def own_port(slot: int) -> dict[str, str]:
+            # Slot n (from 1) serves on port + n - 1; a replacement takes its slot's port.
+            return {} if port is None else {f"{ENV_PREFIX}METRICS_PORT": str(port + slot - 1)}
+
+        raise SystemExit(Supervisor(command, settings.processes, env, own_port).run())
+    hooks.extend(_tracing(settings))
     run_worker(
         settings,
         registry,
@@ -316,6 +369,31 @@ def _settings_env(settings: Settings) -> dict[str, str]:
         for name, value in settings.model_dump().items()
         if value is not None
     }
+
+
+def _needs_telemetry_extra(settings: Settings) -> None:
+    """Refuse --metrics-port and --tracing on without the extra, in one line."""
+    wanted = {"prometheus_client": settings.metrics_port is not None}
+    wanted["opentelemetry.sdk"] = settings.tracing == "on"
+    for module, needed in wanted.items():
+        if needed and importlib.util.find_spec(module.split(".")[0]) is None:
+            raise CLIError(
+                f"{module} is not installed: pip install 'sagaledger[telemetry]' "
+                "for --metrics-port and --tracing"
+            )
+
+
+def _tracing(settings: Settings) -> list[Hooks]:
+    """The tracing hooks of this worker process, if it traces (see ``--tracing``)."""
+    if settings.tracing == "off" or importlib.util.find_spec("opentelemetry") is None:
+        return []
+    try:
+        from sagaledger.telemetry._setup import tracing_hooks
+
+        hooks = tracing_hooks(settings.tracing)
+    except (ImportError, ValueError) as exc:
+        raise CLIError(f"tracing: {exc}") from None
+    return [] if hooks is None else [hooks]
 
 
 def _crash_hook(spec: str, registry: Registry) -> CrashAt:

@@ -27,6 +27,7 @@ from sagaledger import (
 )
 
 logger = logging.getLogger("tests.trip")
+logger.setLevel(logging.INFO)  # a worker process's root logger says warnings only
 
 #: The first attempt of charge_card fails; the retry comes this much later.
 BACKOFF = timedelta(seconds=10)
@@ -78,4 +79,6 @@ def confirm(ctx: StepContext[Trip]) -> None:
 trip_saga = Saga(
     "trip", 1, Trip, [book_hotel, charge_card, timer("cooling_off", after=COOLING_OFF), confirm]
 )
-registry = Registry([trip_saga])
+#: A saga that completes at once, for tests that run a worker process.
+quick_saga = Saga("quick", 1, Trip, [book_hotel, confirm])
+registry = Registry([trip_saga, quick_saga])
