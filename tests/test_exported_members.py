@@ -4,6 +4,7 @@ import sagaledger
 import sagaledger.compensation
 import sagaledger.sagas
 import sagaledger.store
+import sagaledger.telemetry
 import sagaledger.testing
 
 EXPECTED = {
@@ -110,6 +111,16 @@ EXPECTED = {
         "head_revision",
         "upgrade",
         "utc_now",
+    ],
+    sagaledger.telemetry: [
+        "JsonFormatter",
+        "MetricsHooks",
+        "RunContext",
+        "SagaLogCollector",
+        "TracingHooks",
+        "current_run",
+        "run_span_id",
+        "run_trace_id",
     ],
     sagaledger.compensation: ["compensation_plan", "completed_pivot", "next_compensation"],
     sagaledger.testing: [
