@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, TypeAdapter
 
 from sagaledger._errors import OutcomeUnknownError
+from sagaledger.audit._effects import Collecting, Effect, collecting
 from sagaledger.compensation._plan import completed_pivot, next_compensation
 from sagaledger.sagas._context import CompensationContext, StepContext, idempotency_key
 from sagaledger.sagas._definition import Saga, Step
@@ -213,15 +214,17 @@ class RunDriver:
             if wait is not None:
                 return self._defer(step, wait, f"rate limit {limit.name!r} reached")
         started = time.perf_counter()
+        effects: list[Effect] = []  # what the attempt did elsewhere, for the ledger
         try:
             self.o.hooks.before_action(call)
             if self.phase is Phase.FORWARD:
-                result, via_probe = self._act(step, call)
+                result, via_probe = self._act(step, call, effects)
             else:
-                result, via_probe = self._compensate(step, call), False
+                with collecting(Collecting.ACTION, effects):
+                    result, via_probe = self._compensate(step, call), False
         except Exception as exc:
             self.o.hooks.action_failed(call, exc)
-            return self._failed(step, exc)
+            return self._failed(step, exc, effects=effects)
         finally:
             if limit is not None:
                 self.o.rate_limiter.release(limit, call.idempotency_key)
@@ -229,12 +232,12 @@ class RunDriver:
         took = _ms_since(started)
         if self.phase is Phase.COMPENSATE:
             payload = {"result": result, "duration_ms": took}
+            payload |= _effects(step, effects, Phase.COMPENSATE)
             self.compensated.add(step.name)
             done = self.event(EventType.COMPENSATION_COMPLETED, step, payload)
             return self._unwind([done])
-        return self._completed(
-            step, {"output": result, "duration_ms": took, "via_probe": via_probe}
-        )
+        completed = {"output": result, "duration_ms": took, "via_probe": via_probe}
+        return self._completed(step, completed | _effects(step, effects, Phase.FORWARD))
 
     def _completed(
         self, step: Step, payload: dict[str, Any], before: Sequence[NewEvent] = ()
@@ -294,20 +297,22 @@ class RunDriver:
             self.o.wake(awaiting, run_id=self.run_id)
         return False
 
-    def _act(self, step: Step, call: ActionCall) -> tuple[Any, bool]:
+    def _act(self, step: Step, call: ActionCall, effects: list[Effect]) -> tuple[Any, bool]:
         """Run the forward action (or find, by probe, that it already landed)."""
         ctx = StepContext(**self._context_fields(call), outputs=dict(self.outputs))
         safety = step.retry_safety
         if self.attempt > 1 and safety is not None and safety.probe_fn is not None:
             try:
-                landed = safety.probe_fn(ctx)
+                with collecting(Collecting.PROBE, effects):
+                    landed = safety.probe_fn(ctx)
             except Exception as exc:
                 # Whether an earlier attempt landed is still unknown: say so, so that
                 # giving up on the step asks again rather than assuming it did not.
                 raise OutcomeUnknownError(f"probe of step {step.name!r} failed: {exc}") from exc
             if landed is not None:
                 return to_json(landed), True
-        return to_json(step.action(ctx)), False
+        with collecting(Collecting.ACTION, effects):
+            return to_json(step.action(ctx)), False
 
     def _landed_anyway(self, step: Step) -> NewEvent | None:
         """Giving up on a step whose last attempt may have landed: did it?
@@ -326,8 +331,10 @@ class RunDriver:
                 "in the remote system before resolving the run"
             )
         ctx = self.context(step)
+        effects: list[Effect] = []
         try:
-            found = safety.probe_fn(ctx)
+            with collecting(Collecting.PROBE, effects):
+                found = safety.probe_fn(ctx)
         except Exception as exc:
             raise Unknowable(f"its outcome is unknown and its probe failed: {exc}") from exc
         if found is None:
@@ -335,6 +342,7 @@ class RunDriver:
         output = to_json(found)
         self.outputs[step.name] = output
         payload = {"output": output, "duration_ms": 0.0, "via_probe": True}
+        payload |= _effects(step, effects, Phase.FORWARD)
         return self.event(EventType.STEP_COMPLETED, step, payload)
 
     def _compensate(self, step: Step, call: ActionCall) -> Any:
@@ -378,7 +386,13 @@ class RunDriver:
             return retry_after
         return policy.backoff(attempt, self.o.rng)
 
-    def _failed(self, step: Step, exc: BaseException, before: Sequence[NewEvent] = ()) -> bool:
+    def _failed(
+        self,
+        step: Step,
+        exc: BaseException,
+        before: Sequence[NewEvent] = (),
+        effects: Sequence[Effect] = (),
+    ) -> bool:
         policy = self._policy(step)
         if getattr(exc, "rate_limited", False) is True:
             wait = self._delay(exc, policy, 1)
@@ -395,7 +409,8 @@ class RunDriver:
         )
 
         def failure(outcome: str, **extra: Any) -> list[NewEvent]:
-            return [*before, self.event(failed_type, step, {"outcome": outcome, **extra}, error)]
+            payload = {"outcome": outcome, **extra, **_effects(step, effects, phase)}
+            return [*before, self.event(failed_type, step, payload, error)]
 
         exhausted = self.attempt >= policy.max_attempts
         if not permanent and not exhausted:
@@ -584,6 +599,26 @@ class RunDriver:
             self._cancel_seen = True
         self.o.hooks.after_checkpoint(self.run_id, events)
         return written
+
+
+def _effects(step: Step, effects: Sequence[Effect], phase: Phase) -> dict[str, Any]:
+    """The ``effects`` an attempt recorded, for its event's payload (nothing if none).
+
+    With a forward step's goes how it is undone, which the ledger reports for
+    effects that stand: ``compensate``, ``pivot``, or ``none: <why not>``.
+    """
+    if not effects:
+        return {}
+    kept: dict[str, Any] = {"effects": [e.to_json() for e in effects]}
+    if phase is Phase.FORWARD:
+        kept["undo"] = (
+            "compensate"
+            if step.compensable
+            else "pivot"
+            if step.pivot
+            else f"none: {step.no_compensation}"
+        )
+    return kept
 
 
 def _ms_since(started: float) -> float:
