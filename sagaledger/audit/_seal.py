@@ -15,9 +15,7 @@ from sagaledger.store import SagaLog
 from sagaledger.store._audit_log import Anchor, add_anchor, find_anchors, period_digest
 
 
-def seal_period(
-    log: SagaLog, start: datetime, end: datetime, *, by: str, now: datetime
-) -> Anchor:
+def seal_period(log: SagaLog, start: datetime, end: datetime, *, by: str, now: datetime) -> Anchor:
     """Seal the events written in ``[start, end)`` with one digest, kept in the log.
 
     Raises:
