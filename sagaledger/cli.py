@@ -1,7 +1,8 @@
 """The ``sagaledger`` command: migrate the store, inspect and steer runs, run a worker.
 
 The commands for waiting runs (approve, reject, signal, approvals) are in
-``_cli_waits``; what every command shares (options, errors, the log) in ``_cli_common``.
+``_cli_waits``, operators' actions and check-deploy in ``_cli_ops``; what every
+command shares (options, errors, the log) in ``_cli_common``.
 
 Every command takes ``--store URL`` (or ``SAGALEDGER_STORE``; a SQLite file
 ``sagaledger.db`` in the working directory by default). Errors a user can fix
@@ -26,7 +27,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from sagaledger import _cli_audit, _cli_waits, _render
+from sagaledger import _cli_audit, _cli_ops, _cli_waits, _render
 from sagaledger._cli_common import (
     CLIError,
     console,
@@ -212,6 +213,9 @@ def cancel(run_id: str, reason: str, by: str, store: str | None) -> None:
 
 # approve, reject, signal and approvals: runs that wait for people or for the world.
 for _command in _cli_waits.COMMANDS:
+    cli.add_command(_command)
+# retry-compensation, resume, force-compensate, resolve and check-deploy: operators' actions.
+for _command in _cli_ops.COMMANDS:
     cli.add_command(_command)
 # audit verify and audit seal: what finance checks.
 cli.add_command(_cli_audit.audit)
