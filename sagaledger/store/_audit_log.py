@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from sagaledger.store._engine import read
@@ -139,7 +139,66 @@ def find_anchors(
         return [Anchor(*row) for row in conn.execute(query)]
 
 
-def first_event_time(engine: Engine) -> datetime | None:
-    """When the log's first event was written, if any."""
-    with read(engine) as conn:
-        return conn.execute(select(func.min(events.c.created_at))).scalar()
+@dataclass(frozen=True)
+class LedgerRun:
+    """A run as the compensation ledger reads it: who it is, where it stands, its events."""
+
+    id: str
+    saga: str
+    version: int
+    business_key: str
+    status: str
+    blocked_reason: str | None
+    created_at: datetime
+    events: list[tuple[str, str | None, object, datetime]]  # type, step, payload, time
+
+
+#: The events the ledger reads: those that carry effects, and the turn to compensation.
+_LEDGER_TYPES = (
+    "step_completed",
+    "step_failed",
+    "compensation_started",
+    "compensation_completed",
+    "compensation_failed",
+)
+
+
+def ledger_runs(
+    engine: Engine, since: datetime | None = None, until: datetime | None = None
+) -> Iterator[LedgerRun]:
+    """The runs started in ``[since, until)``, oldest first, with the events the ledger reads."""
+    after: tuple[datetime, str] | None = None
+    columns = (
+        runs.c.id,
+        runs.c.saga_name,
+        runs.c.saga_version,
+        runs.c.business_key,
+        runs.c.status,
+        runs.c.blocked_reason,
+        runs.c.created_at,
+    )
+    while True:
+        query = select(*columns).order_by(runs.c.created_at, runs.c.id).limit(BATCH)
+        if since is not None:
+            query = query.where(runs.c.created_at >= since)
+        if until is not None:
+            query = query.where(runs.c.created_at < until)
+        if after is not None:
+            query = query.where(tuple_(runs.c.created_at, runs.c.id) > tuple_(*after))
+        with read(engine) as conn:
+            found = conn.execute(query).all()
+            if not found:
+                return
+            ids = [row[0] for row in found]
+            rows = conn.execute(
+                select(events.c.run_id, events.c.type, events.c.step, events.c.payload)
+                .add_columns(events.c.created_at)
+                .where(events.c.run_id.in_(ids), events.c.type.in_(_LEDGER_TYPES))
+                .order_by(events.c.run_id, events.c.seq)
+            ).all()
+        by_run: dict[str, list[tuple[str, str | None, object, datetime]]] = {i: [] for i in ids}
+        for run_id, kind, step, payload, at in rows:
+            by_run[run_id].append((kind, step, payload, at))
+        for row in found:
+            yield LedgerRun(*row, events=by_run[row[0]])
+        after = (found[-1][6], found[-1][0])
