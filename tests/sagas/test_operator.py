@@ -279,6 +279,31 @@ def test_a_run_parked_past_its_pivot_is_resumed_and_completes(h: SagaHarness, wo
     assert started[-1] == ("email", 1)
 
 
+def test_a_step_that_ran_out_of_attempts_is_resumed_from_attempt_1(
+    h: SagaHarness, world: World
+) -> None:
+    # Given a run past its pivot whose email failed through its three hourly attempts
+    world.email = "retry"
+    run = start(h, "parcel")
+    for _ in range(3):
+        h.advance(timedelta(hours=1))
+        h.run_until_idle()
+    parked = h.log.get_run(run.id)
+    assert (parked.status, parked.step, parked.attempt) == (RunStatus.PARKED, "email", 3)
+
+    # When it is resumed, the mail server still busy
+    h.orchestrator.resume(run.id, by="alice", reason="mail server restarted")
+    h.run_until_idle()
+
+    # Then it has three attempts again: it waits for the second rather than parking at once
+    again = h.log.get_run(run.id)
+    assert (again.status, again.attempt) == (RunStatus.RUNNING, 2)
+    world.email = None
+    h.advance(timedelta(hours=1))
+    h.run_until_idle()
+    assert h.status(run.id) is RunStatus.COMPLETED
+
+
 def test_a_step_whose_outcome_was_unknown_is_resumed_with_the_same_key(
     h: SagaHarness, world: World
 ) -> None:
