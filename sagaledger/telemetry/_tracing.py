@@ -51,6 +51,17 @@ _OUTCOMES = {
     EventType.STEP_DEFERRED: "deferred",
 }
 _FAILED = (EventType.STEP_FAILED, EventType.COMPENSATION_FAILED)
+#: Events a drive's span does not repeat: its step spans and outcome already say them.
+_ROUTINE = frozenset(
+    {
+        EventType.ATTEMPT_STARTED,
+        EventType.STEP_COMPLETED,
+        EventType.COMPENSATION_COMPLETED,
+        *_FAILED,
+        EventType.RUN_COMPLETED,
+        EventType.RUN_COMPENSATED,
+    }
+)
 
 
 @dataclass
@@ -165,8 +176,7 @@ class TracingHooks(Hooks):
         step = self.tracer.start_span(
             f"{call.step} {call.phase.value}",
             trace.set_span_in_context(state.span),
-            attributes={
-                "sagaledger.run_id": call.run_id,
+            attributes={  # the run id is the trace id (and the drive's attribute)
                 "sagaledger.saga": call.saga,
                 "sagaledger.saga_version": call.version,
                 "sagaledger.step": call.step,
@@ -200,7 +210,8 @@ class TracingHooks(Hooks):
         if state is None:
             return
         for event in events:
-            state.span.add_event(event.type.value, _event_attributes(event))
+            if event.type not in _ROUTINE:
+                state.span.add_event(event.type.value, _event_attributes(event))
             if state.step is None or event.step is None:
                 continue
             if event.type in _OUTCOMES:
