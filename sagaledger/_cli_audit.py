@@ -207,5 +207,5 @@ def _print_balance(ledger: Ledger, out: IO[str]) -> None:
         out.write(f"{left} open; {run.why}\n")
     out.write(
         f"{len(ledger.runs)} runs with effects, {len(ledger.entries)} effects: "
-        f"{len(ledger.unbalanced)} runs unbalanced\n"
+        f"{len(ledger.unbalanced)} unbalanced\n"
     )

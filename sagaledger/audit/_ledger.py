@@ -5,7 +5,8 @@ Read from the saga log alone. Each forward effect a step recorded (see
 recorded, and given a status:
 
 ``kept``
-    the run completed: the effect stands, as intended;
+    the run completed, or parked going forward (past a pivot): the effect
+    stands, as intended;
 ``undone``
     its step's compensation recorded effects that net it to zero (the refund
     of exactly the amount charged, the release of exactly what was reserved);
@@ -92,12 +93,13 @@ class LedgerEntry:
             "idempotency_key": self.idempotency_key,
             "at": self.at.isoformat(),
             "status": self.status,
-            "reason": self.reason,
+            "reason": self.reason or None,
             "undone_by": "; ".join(
                 f"{u.effect.operation} {u.effect.reference}"
                 + (f" {u.effect.amount}" if u.effect.amount is not None else "")
                 for u in self.undone_by
-            ),
+            )
+            or None,
             "undone_amount": _sum_text(u.effect for u in self.undone_by),
             "undone_at": None if undone_at is None else undone_at.isoformat(),
         }
@@ -212,6 +214,8 @@ def _entries(run: LedgerRun) -> Iterator[LedgerEntry]:
                     yield entry(step, effect, at, "not compensatable", _no_undo(undo))
             elif status == "completed":
                 yield entry(step, effect, at, "kept")
+            elif status == "parked":  # going forward: it stands while a person looks
+                yield entry(step, effect, at, "kept", f"the run is parked: {run.blocked_reason}")
             else:
                 yield entry(step, effect, at, "in progress")
     for step, effects_failed in failed.items():
