@@ -25,7 +25,10 @@ recorded, and given a status:
     an attempt made the effect and then failed, and no completed attempt of
     the step stands for it: nothing will undo it;
 ``in progress``
-    the run is still going forward.
+    the run is still going forward;
+``resolved by hand``
+    it would be outstanding, stranded or not netted, but an operator resolved
+    the run by hand (a manual refund, say): the reason says who and why.
 
 A run *balances* when none of its entries is outstanding, partly undone,
 undone but not itemised, or stranded.
@@ -163,11 +166,14 @@ def _entries(run: LedgerRun) -> Iterator[LedgerEntry]:
     undos: dict[str, list[Undo]] = defaultdict(list)
     compensated: set[str] = set()
     undoing = False
-    for kind, step, payload, at in run.events:
+    resolved = ""  # who resolved the run by hand, and why
+    for kind, step, payload, actor, at in run.events:
         kept = payload if isinstance(payload, dict) else {}
         effects = [Effect.from_json(e) for e in kept.get("effects", ())]
         if kind == "compensation_started":
             undoing = True
+        elif kind == "operator_action" and kept.get("action") == "resolve":
+            resolved = f"resolved by hand by {actor}: {kept.get('reason')}"
         elif step is None:
             continue
         elif kind == "step_completed":
@@ -182,6 +188,8 @@ def _entries(run: LedgerRun) -> Iterator[LedgerEntry]:
     status = run.status
 
     def entry(step: str, effect: Effect, at: datetime, state: str, why: str = "") -> LedgerEntry:
+        if resolved and state in UNBALANCED:  # a person settled what the run left open
+            state, why = "resolved by hand", f"{resolved} (was {state})"
         key = idempotency_key(run.id, step, "forward")
         return LedgerEntry(
             run.id,
@@ -214,8 +222,9 @@ def _entries(run: LedgerRun) -> Iterator[LedgerEntry]:
                     yield entry(step, effect, at, "not compensatable", _no_undo(undo))
             elif status == "completed":
                 yield entry(step, effect, at, "kept")
-            elif status == "parked":  # going forward: it stands while a person looks
-                yield entry(step, effect, at, "kept", f"the run is parked: {run.blocked_reason}")
+            elif status in ("parked", "resolved"):  # going forward: it stands
+                why = resolved or f"the run is parked: {run.blocked_reason}"
+                yield entry(step, effect, at, "kept", why)
             else:
                 yield entry(step, effect, at, "in progress")
     for step, effects_failed in failed.items():

@@ -150,7 +150,7 @@ class LedgerRun:
     status: str
     blocked_reason: str | None
     created_at: datetime
-    events: list[tuple[str, str | None, object, datetime]]  # type, step, payload, time
+    events: list[tuple[str, str | None, object, str, datetime]]  # type, step, payload, actor, time
 
 
 #: The events the ledger reads: those that carry effects, and the turn to compensation.
@@ -160,6 +160,7 @@ _LEDGER_TYPES = (
     "compensation_started",
     "compensation_completed",
     "compensation_failed",
+    "operator_action",
 )
 
 
@@ -192,13 +193,15 @@ def ledger_runs(
             ids = [row[0] for row in found]
             rows = conn.execute(
                 select(events.c.run_id, events.c.type, events.c.step, events.c.payload)
-                .add_columns(events.c.created_at)
+                .add_columns(events.c.actor, events.c.created_at)
                 .where(events.c.run_id.in_(ids), events.c.type.in_(_LEDGER_TYPES))
                 .order_by(events.c.run_id, events.c.seq)
             ).all()
-        by_run: dict[str, list[tuple[str, str | None, object, datetime]]] = {i: [] for i in ids}
-        for run_id, kind, step, payload, at in rows:
-            by_run[run_id].append((kind, step, payload, at))
+        by_run: dict[str, list[tuple[str, str | None, object, str, datetime]]] = {
+            i: [] for i in ids
+        }
+        for run_id, kind, step, payload, actor, at in rows:
+            by_run[run_id].append((kind, step, payload, actor, at))
         for row in found:
             yield LedgerRun(*row, events=by_run[row[0]])
         after = (found[-1][6], found[-1][0])

@@ -313,3 +313,19 @@ def test_export_and_balance_from_the_cli(harness: SagaHarness, store_url: str) -
 def _nulls(row: dict[str, str]) -> dict[str, Any]:
     """CSV writes None as an empty field: JSON keeps it."""
     return {k: None for k, v in row.items() if v == ""}
+
+
+def test_a_run_resolved_by_hand_balances_and_says_who_settled_it(harness: SagaHarness) -> None:
+    run_id = run(harness, "Q", fail_at="ship", refund_fails=True)
+    assert not balance(harness, run_id).balanced
+    harness.orchestrator.resolve(run_id, by="ops:alice", reason="refunded by hand, ticket 42")
+    charge = next(
+        e
+        for e in compensation_ledger(harness.log).entries
+        if e.run_id == run_id and e.step == "charge"
+    )
+    assert charge.status == "resolved by hand"
+    assert charge.reason == (
+        "resolved by hand by ops:alice: refunded by hand, ticket 42 (was outstanding)"
+    )
+    assert balance(harness, run_id).balanced
