@@ -1,6 +1,7 @@
 """Pins the public surface: changing it must be a deliberate edit here."""
 
 import sagaledger
+import sagaledger.audit
 import sagaledger.compensation
 import sagaledger.sagas
 import sagaledger.store
@@ -25,6 +26,7 @@ EXPECTED = {
         "OperatorReceipt",
         "Orchestrator",
         "OutcomeUnknownError",
+        "PeriodError",
         "PermanentError",
         "Phase",
         "RateLimitedError",
@@ -121,6 +123,18 @@ EXPECTED = {
         "current_run",
         "run_span_id",
         "run_trace_id",
+    ],
+    sagaledger.audit: [
+        "Effect",
+        "Ledger",
+        "LedgerEntry",
+        "Problem",
+        "RunBalance",
+        "Verification",
+        "compensation_ledger",
+        "record_effect",
+        "seal_period",
+        "verify_log",
     ],
     sagaledger.compensation: ["compensation_plan", "completed_pivot", "next_compensation"],
     sagaledger.testing: [
