@@ -10,7 +10,7 @@ import httpx
 
 from sagaledger._errors import RetryableError, StepError
 from sagaledger.connectors._http import CONNECT_ATTEMPTS, DEFAULT_TIMEOUT, HttpConnector
-from sagaledger.connectors._mail import SentEmail, recipients_of
+from sagaledger.connectors._mail import SentEmail, recipients_of, record_sent
 
 logger = logging.getLogger("sagaledger.connectors.email")
 
@@ -110,6 +110,7 @@ class HttpEmailApi(HttpConnector):
         response = self.send("POST", "/emails", "send_email", headers=headers, json=body)
         email_id = str(response.json()["id"])
         logger.info("email api accepted %s for %d recipient(s)", email_id, len(recipients))
+        record_sent(email_id)
         return SentEmail(message_id=email_id, idempotency_key=idempotency_key, to=recipients)
 
     def find_sent(self, idempotency_key: str) -> SentEmail | None:
@@ -130,6 +131,7 @@ class HttpEmailApi(HttpConnector):
         for item in listed.get("data", []) if isinstance(listed, dict) else []:
             if isinstance(item, dict) and item.get("idempotency_key") == idempotency_key:
                 to = item.get("to") or []
+                record_sent(str(item["id"]), found=True)
                 return SentEmail(
                     message_id=str(item["id"]),
                     idempotency_key=idempotency_key,

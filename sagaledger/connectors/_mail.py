@@ -8,6 +8,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from sagaledger.audit._effects import record_effect
+
 
 class SentEmail(BaseModel):
     """What a sender reports about a message the service accepted.
@@ -53,6 +55,11 @@ def message_id_for(idempotency_key: str, domain: str) -> str:
     """
     digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
     return f"<{digest}@{domain}>"
+
+
+def record_sent(message_id: str, *, found: bool = False) -> None:
+    """The ledger's ``email_sent`` (system ``email``): one record, named by its id."""
+    record_effect("email", "email_sent", message_id, found=found)
 
 
 def recipients_of(to: str | Sequence[str]) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from sagaledger._errors import (
     StepError,
 )
 from sagaledger.connectors._http import CONNECT_ATTEMPTS
-from sagaledger.connectors._mail import SentEmail, message_id_for, recipients_of
+from sagaledger.connectors._mail import SentEmail, message_id_for, recipients_of, record_sent
 
 logger = logging.getLogger("sagaledger.connectors.email")
 
@@ -158,6 +158,7 @@ class SmtpMailer:
         reply = self._deliver(envelope_from, envelope_to, message.as_bytes())
         message_id = str(message["Message-ID"])
         logger.info("smtp accepted %s for %d recipient(s)", message_id, len(recipients))
+        record_sent(message_id)
         return SentEmail(
             message_id=message_id,
             idempotency_key=idempotency_key,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -11,6 +12,28 @@ from pydantic import BaseModel, ConfigDict
 KEY_METADATA = "sagaledger_key"
 #: Statuses in which a PaymentIntent holds or has moved the customer's money.
 LANDED_STATUSES = frozenset({"succeeded", "requires_capture", "processing"})
+#: Currencies whose API amounts are whole units (Stripe's "zero-decimal" list):
+#: 500 JPY is ``amount=500``. ISK, HUF and TWD are not among them: Stripe keeps
+#: them two-decimal in the API, whatever their cash has.
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv"}
+    | {"xaf", "xof", "xpf"}
+)
+#: Currencies whose API amounts are thousandths: 5.120 KWD is ``amount=5120``.
+THREE_DECIMAL_CURRENCIES = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+
+
+def major_units(amount: int, currency: str) -> Decimal:
+    """An amount in Stripe's minor units as an exact amount in major units.
+
+    ``major_units(999, "usd")`` is ``Decimal("9.99")``, ``major_units(500, "jpy")``
+    is ``Decimal("500")``, ``major_units(5120, "kwd")`` is ``Decimal("5.120")``.
+    """
+    code = currency.lower()
+    exponent = (
+        0 if code in ZERO_DECIMAL_CURRENCIES else 3 if code in THREE_DECIMAL_CURRENCIES else 2
+    )
+    return Decimal(amount).scaleb(-exponent)
 
 
 class Payment(BaseModel):

@@ -27,6 +27,10 @@ could not connect (nothing sent)           retried here, then ``RetryableError``
 dropped or timed out before the message    ``RetryableError`` (it cannot have landed)
 dropped or timed out after the message     ``OutcomeUnknownError``
 =========================================  ==========================
+
+Both record each message accepted as ``email_sent`` (system ``email``, the
+Message-ID or the API's email id as reference) for the compensation ledger; an
+email cannot be undone, so its step is usually declared ``no_compensation``.
 """
 
 from sagaledger.connectors._email_api import DEFAULT_EMAIL_API_URL, HttpEmailApi

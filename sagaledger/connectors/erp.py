@@ -30,6 +30,11 @@ follows (the REST API has no single "cancel" or "void" call):
   amount (``POST .../invoice/{id}/!transform/creditMemo``), the accounting
   reversal NetSuite offers to integrations; the memo's ``externalId`` makes it
   happen once.
+
+Each call records what it did for the compensation ledger (system ``erp``:
+``reserve``, ``release``, ``order_created``, ``order_cancelled``,
+``order_closed``, ``invoice``, ``invoice_voided``; the ``find_*`` lookups record
+what they found, which counts while a probe runs): see docs/connectors.md.
 """
 
 from __future__ import annotations
@@ -39,6 +44,14 @@ from typing import Any
 import httpx
 
 from sagaledger._errors import PermanentError, RateLimitedError, StepError
+from sagaledger.connectors._erp_effects import (
+    exact,
+    lines_total,
+    record_money,
+    record_order,
+    record_release,
+    record_reserve,
+)
 from sagaledger.connectors._erp_models import (
     NewInvoice,
     NewSalesOrder,
@@ -82,6 +95,8 @@ class NetSuiteErp(HttpConnector):
         connect_attempts: Tries per call while the request cannot be sent.
         signer: Signs each request; one for ``credentials`` by default (inject
             one with a fixed nonce or clock in tests).
+        currency: ISO code of the account's currency, in which invoices and
+            credit memos are recorded for the compensation ledger.
     """
 
     def __init__(
@@ -93,6 +108,7 @@ class NetSuiteErp(HttpConnector):
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         connect_attempts: int = CONNECT_ATTEMPTS,
         signer: OAuth1Signer | None = None,
+        currency: str = "USD",
     ):
         super().__init__(
             "netsuite",
@@ -103,6 +119,7 @@ class NetSuiteErp(HttpConnector):
             connect_attempts=connect_attempts,
         )
         self._signer = signer or OAuth1Signer(credentials)
+        self.currency = currency.upper()
 
     # -- sales orders -------------------------------------------------------------
 
@@ -118,7 +135,9 @@ class NetSuiteErp(HttpConnector):
         }
         if order.memo is not None:
             body["memo"] = order.memo
-        return self._upsert("salesOrder", external_id, body, "upsert_sales_order")
+        created = self._upsert("salesOrder", external_id, body, "upsert_sales_order")
+        record_order("order_created", created.id)
+        return created
 
     def get_sales_order(self, order_id: str) -> SalesOrder:
         """Read a sales order with its lines (``order_id``: internal id or ``eid:...``)."""
@@ -138,6 +157,7 @@ class NetSuiteErp(HttpConnector):
             "cancel_sales_order",
             json={"orderStatus": {"id": "C"}},
         )
+        record_order("order_cancelled", order_id)
 
     def close_sales_order(self, order_id: str) -> None:
         """Close every open line of an order, which closes the order.
@@ -147,18 +167,21 @@ class NetSuiteErp(HttpConnector):
         """
         order = self.get_sales_order(order_id)
         open_lines = [line.line for line in order.lines if not line.is_closed]
-        if not open_lines:
-            return
-        self._call(
-            "PATCH",
-            f"{RECORD_API}/salesOrder/{order.id}",
-            "close_sales_order",
-            json={"item": {"items": [{"line": n, "isClosed": True} for n in open_lines]}},
-        )
+        if open_lines:
+            self._call(
+                "PATCH",
+                f"{RECORD_API}/salesOrder/{order.id}",
+                "close_sales_order",
+                json={"item": {"items": [{"line": n, "isClosed": True} for n in open_lines]}},
+            )
+        record_order("order_closed", order.id)
 
     def find_sales_order(self, external_id: str) -> RecordRef | None:
         """The sales order with this external id, or None (the probe of an upsert)."""
-        return self._find_transaction("salesOrder", external_id)
+        found = self._find_transaction("salesOrder", external_id)
+        if found is not None:
+            record_order("order_created", found.id, found=True)
+        return found
 
     # -- inventory reservations ---------------------------------------------------
 
@@ -176,21 +199,30 @@ class NetSuiteErp(HttpConnector):
         }
         if memo is not None:
             body["custrecord_sl_memo"] = memo
-        return self._upsert(RESERVATION_RECORD, external_id, body, "reserve")
+        reserved = self._upsert(RESERVATION_RECORD, external_id, body, "reserve")
+        record_reserve(reserved.id, quantity)
+        return reserved
 
     def release(self, reservation_id: str) -> None:
-        """Give a reservation's stock back; releasing twice is a no-op."""
-        self._call(
-            "PATCH",
-            f"{RECORD_API}/{RESERVATION_RECORD}/{reservation_id}",
-            "release",
-            json={"custrecord_sl_released": True},
-        )
+        """Give a reservation's stock back; releasing twice is a no-op.
+
+        Reads the reservation first, to record the quantity it gives back.
+        """
+        path = f"{RECORD_API}/{RESERVATION_RECORD}/{reservation_id}"
+        held = self._call("GET", path, "get_reservation").json()
+        self._call("PATCH", path, "release", json={"custrecord_sl_released": True})
+        record_release(reservation_id, int(held["custrecord_sl_quantity"]))
 
     def find_reservation(self, external_id: str) -> RecordRef | None:
         """The reservation with this external id, or None (the probe of :meth:`reserve`)."""
-        row = self.find(RESERVATION_RECORD, external_id)
-        return None if row is None else RecordRef(**_ref(RESERVATION_RECORD, row, external_id))
+        row = self.find(
+            RESERVATION_RECORD, external_id, columns=("id", "externalid", "custrecord_sl_quantity")
+        )
+        if row is None:
+            return None
+        found = RecordRef(**_ref(RESERVATION_RECORD, row, external_id))
+        record_reserve(found.id, int(row["custrecord_sl_quantity"]), found=True)
+        return found
 
     # -- invoices -----------------------------------------------------------------
 
@@ -204,7 +236,9 @@ class NetSuiteErp(HttpConnector):
             body["createdFrom"] = {"id": invoice.sales_order}
         if invoice.memo is not None:
             body["memo"] = invoice.memo
-        return self._upsert("invoice", external_id, body, "upsert_invoice")
+        created = self._upsert("invoice", external_id, body, "upsert_invoice")
+        record_money("invoice", created.id, lines_total(invoice.lines), self.currency)
+        return created
 
     def void_invoice(self, invoice_id: str, *, external_id: str) -> RecordRef:
         """Reverse an invoice with a credit memo for its full amount, once per ``external_id``.
@@ -214,21 +248,37 @@ class NetSuiteErp(HttpConnector):
             external_id: The credit memo's external id (derive it from the
                 compensation's idempotency key); if a memo with it exists, it is
                 returned and nothing is sent.
+
+        The invoice is read first, for the amount the memo credits.
         """
-        existing = self._find_transaction("creditMemo", external_id)
-        if existing is not None:
-            return existing
-        response = self._call(
-            "POST",
-            f"{RECORD_API}/invoice/{invoice_id}/!transform/creditMemo",
-            "void_invoice",
-            json={"externalId": external_id},
+        total = exact(
+            self._call("GET", f"{RECORD_API}/invoice/{invoice_id}", "get_invoice").json()["total"]
         )
-        return self._created("creditMemo", external_id, response)
+        memo = self._find_transaction("creditMemo", external_id)
+        if memo is None:
+            response = self._call(
+                "POST",
+                f"{RECORD_API}/invoice/{invoice_id}/!transform/creditMemo",
+                "void_invoice",
+                json={"externalId": external_id},
+            )
+            memo = self._created("creditMemo", external_id, response)
+        record_money("invoice_voided", memo.id, total, self.currency)
+        return memo
 
     def find_invoice(self, external_id: str) -> RecordRef | None:
         """The invoice with this external id, or None (the probe of an upsert)."""
-        return self._find_transaction("invoice", external_id)
+        row = self.find(
+            "transaction",
+            external_id,
+            tran_type=TRANSACTION_TYPES["invoice"],
+            columns=("id", "externalid", "foreigntotal"),
+        )
+        if row is None:
+            return None
+        found = RecordRef(**_ref("invoice", row, external_id))
+        record_money("invoice", found.id, exact(row["foreigntotal"]), self.currency, found=True)
+        return found
 
     # -- SuiteQL ------------------------------------------------------------------
 
@@ -246,7 +296,12 @@ class NetSuiteErp(HttpConnector):
         return [{k: v for k, v in row.items() if k != "links"} for row in items]
 
     def find(
-        self, table: str, external_id: str, *, tran_type: str | None = None
+        self,
+        table: str,
+        external_id: str,
+        *,
+        tran_type: str | None = None,
+        columns: tuple[str, ...] = ("id", "externalid"),
     ) -> dict[str, Any] | None:
         """The row of ``table`` whose ``externalid`` is ``external_id``, or None.
 
@@ -255,11 +310,13 @@ class NetSuiteErp(HttpConnector):
             external_id: The record's external id.
             tran_type: For ``transaction``, the type to match (``SalesOrd``),
                 since external ids are unique per record type only.
+            columns: The columns to read.
         """
         where = f"externalid = {_sql_string(external_id)}"
         if tran_type is not None:
             where += f" AND type = {_sql_string(tran_type)}"
-        rows = self.suiteql(f"SELECT id, externalid FROM {table} WHERE {where}", limit=2)
+        selected = ", ".join(columns)
+        rows = self.suiteql(f"SELECT {selected} FROM {table} WHERE {where}", limit=2)
         return rows[0] if rows else None
 
     # -- plumbing -----------------------------------------------------------------

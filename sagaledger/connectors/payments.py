@@ -29,6 +29,13 @@ Stripe said                                 raised
 A 5xx to a POST is an unknown outcome because Stripe saves whatever an
 endpoint answered once it began executing, 500s included, and may have moved
 money before failing: only a probe can tell.
+
+Each call records what it did to the customer's money for the compensation
+ledger, in major units (``9.99 USD``, ``500 JPY``; system ``payments``:
+``charge``, ``capture`` when it takes less than authorized,
+``cancel_authorization``, ``refund``; :meth:`StripePayments.find_payment`
+records the charge it found, which counts while a probe runs): see
+docs/connectors.md.
 """
 
 from __future__ import annotations
@@ -43,6 +50,12 @@ import httpx
 
 from sagaledger._errors import OutcomeUnknownError, PermanentError, RetryableError, StepError
 from sagaledger.connectors._http import CONNECT_ATTEMPTS, DEFAULT_TIMEOUT, HttpConnector
+from sagaledger.connectors._stripe_effects import (
+    record_cancel,
+    record_capture,
+    record_charge,
+    record_refund,
+)
 from sagaledger.connectors._stripe_form import (
     form_pairs,
     keyed_metadata,
@@ -169,17 +182,25 @@ class StripePayments(HttpConnector):
                 "create_payment_intent",
                 f"payment {payment.id} is {payment.status}, not charged",
             )
+        record_charge(payment)
         return payment
 
     def capture(
         self, payment_intent: str, *, idempotency_key: str, amount: int | None = None
     ) -> Payment:
-        """Capture an authorized (``manual``) payment: all of it, or ``amount``."""
+        """Capture an authorized (``manual``) payment: all of it, or ``amount``.
+
+        The ledger counted the authorization as charged, so capturing all of it
+        records nothing; capturing less releases the rest at once, recorded as
+        ``capture`` with minus the part released.
+        """
         params = {"amount_to_capture": amount}
         path = f"/v1/payment_intents/{path_segment(payment_intent)}/capture"
-        return Payment.from_stripe(
+        payment = Payment.from_stripe(
             self._post(path, "capture_payment_intent", params, idempotency_key)
         )
+        record_capture(payment)
+        return payment
 
     def cancel(
         self, payment_intent: str, *, idempotency_key: str, reason: str | None = None
@@ -187,9 +208,11 @@ class StripePayments(HttpConnector):
         """Cancel a payment not yet captured, releasing its authorization."""
         params = {"cancellation_reason": reason}
         path = f"/v1/payment_intents/{path_segment(payment_intent)}/cancel"
-        return Payment.from_stripe(
+        payment = Payment.from_stripe(
             self._post(path, "cancel_payment_intent", params, idempotency_key)
         )
+        record_cancel(payment)
+        return payment
 
     def refund(
         self,
@@ -206,18 +229,20 @@ class StripePayments(HttpConnector):
         a new one: the list of the payment's refunds is asked first, so a retry
         after Stripe forgot the key cannot refund twice.
         """
-        existing = self.find_refund(payment_intent, idempotency_key)
-        if existing is not None:
-            return existing
-        params = {
-            "payment_intent": payment_intent,
-            "amount": amount,
-            "reason": reason,
-            "metadata": keyed_metadata(metadata, idempotency_key),
-        }
-        return Refund.from_stripe(
-            self._post("/v1/refunds", "create_refund", params, idempotency_key)
-        )
+        refund = self._find_refund(payment_intent, idempotency_key)
+        if refund is None:
+            params = {
+                "payment_intent": payment_intent,
+                "amount": amount,
+                "reason": reason,
+                "metadata": keyed_metadata(metadata, idempotency_key),
+            }
+            refund = Refund.from_stripe(
+                self._post("/v1/refunds", "create_refund", params, idempotency_key)
+            )
+        # A refund an earlier attempt made is this call's too: the completed attempt stands for it.
+        record_refund(refund)
+        return refund
 
     # -- reads ----------------------------------------------------------------------
 
@@ -259,21 +284,30 @@ class StripePayments(HttpConnector):
             raise self.make_error(
                 OutcomeUnknownError, "find_payment", f"several payments under one key: {ids}"
             )
-        return landed[0] if landed else None
+        if not landed:
+            return None
+        record_charge(landed[0], found=True)
+        return landed[0]
 
     def find_refund(self, payment_intent: str, idempotency_key: str) -> Refund | None:
         """The refund of ``payment_intent`` made under ``idempotency_key``, or None."""
-        refunds = self._list("/v1/refunds", "list_refunds", {"payment_intent": payment_intent})
-        for data in refunds:
-            if (data.get("metadata") or {}).get(KEY_METADATA) == idempotency_key:
-                return Refund.from_stripe(data)
-        return None
+        refund = self._find_refund(payment_intent, idempotency_key)
+        if refund is not None:
+            record_refund(refund, found=True)
+        return refund
 
     def probe(self, ctx: HasIdempotencyKey) -> Payment | None:
         """A step probe: ``RetrySafety.IDEMPOTENCY_KEY.with_probe(payments.probe)``."""
         return self.find_payment(ctx.idempotency_key)
 
     # -- the wire ---------------------------------------------------------------------
+
+    def _find_refund(self, payment_intent: str, idempotency_key: str) -> Refund | None:
+        refunds = self._list("/v1/refunds", "list_refunds", {"payment_intent": payment_intent})
+        for data in refunds:
+            if (data.get("metadata") or {}).get(KEY_METADATA) == idempotency_key:
+                return Refund.from_stripe(data)
+        return None
 
     def _post(
         self, path: str, operation: str, params: Mapping[str, Any], idempotency_key: str
