@@ -3,7 +3,9 @@
 An example starts the simulators in its own process and a ``sagaledger worker``
 process on a SQLite saga log, plays its scenarios one after the other (faults
 armed, a run started, its end awaited, its events printed), then prints every
-effect the simulators applied, merged in time order, and can write it all as
+effect the simulators applied, merged in time order, and the compensation
+ledger's balance read from the saga log (the runs left unbalanced should be
+exactly those whose scenario parks a compensation), and can write it all as
 JSON. Each ``run.py`` keeps only what is its own: its scenarios and its header.
 
 Imported as ``examples.showcase`` from the repository root, which each
@@ -19,13 +21,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from sagaledger import EventType, Orchestrator, Registry, RunStatus, Saga, SagaLog
+from sagaledger.audit import Ledger, compensation_ledger
 from sagaledger.connectors.simulators import Effect, Endpoints, Fault, SimulatorSuite, Timeline
 from sagaledger.store import EventRecord, RunRecord
 from sagaledger.testing import WorkerProcess, WorkerProcessError
@@ -91,15 +94,22 @@ def main(example: Example[Any], doc: str, argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", metavar="FILE", type=Path, help="also write the runs and the ledger to FILE"
     )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="the saga log, kept afterwards for sagaledger runs / audit [default: a temporary one]",
+    )
     args = parser.parse_args(argv)
     began = time.monotonic()
     with tempfile.TemporaryDirectory() as folder, SimulatorSuite() as suite:
-        store = f"sqlite:///{folder}/{example.name}.db"
+        store = args.store or f"sqlite:///{folder}/{example.name}.db"
         log = SagaLog.open(store)  # creates the schema before the worker opens it
         try:
             example.header(suite.endpoints, store)
+            since = datetime.now(UTC)  # a kept store may hold earlier runs: not this play's
             played = play_all(example, suite, log, store)
             results = report(example, played, suite, log)
+            results["balance"] = report_balance(played, compensation_ledger(log, since))
         except (WorkerProcessError, TimeoutError) as exc:
             raise SystemExit(f"{example.name}: {exc}") from None
         finally:
@@ -107,7 +117,8 @@ def main(example: Example[Any], doc: str, argv: list[str] | None = None) -> int:
     print(f"\nfinished in {time.monotonic() - began:.1f} s")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2, default=str))
-    return 0 if all(r["as_expected"] for r in results["runs"]) else 1
+    runs_ok = all(r["as_expected"] for r in results["runs"])
+    return 0 if runs_ok and results["balance"]["as_expected"] else 1
 
 
 # -- playing the scenarios ----------------------------------------------------------------
@@ -229,6 +240,43 @@ def report(
             for s, run in played
         ],
         "ledger": timeline.as_json(),
+    }
+
+
+def report_balance(played: Played, ledger: Ledger) -> dict[str, Any]:
+    """Print the compensation ledger's balance, as ``sagaledger audit balance`` reads it.
+
+    Every run should balance but those whose scenario parks: a compensation
+    that could not run leaves what it should have undone outstanding.
+    """
+    parked = {run.id for s, run in played if s.expect is RunStatus.PARKED}
+    unbalanced = ledger.unbalanced
+    print("\nthe compensation ledger, from the saga log (sagaledger audit balance):")
+    for (system, operation, measure), total in ledger.totals().items():
+        print(f"  {system:<9} {operation:<21} {total:>10} {measure}")
+    for run in unbalanced:
+        left = ", ".join(f"{v} {k}" for k, v in run.open.items()) or "nothing netted"
+        print(f"  unbalanced: {run.business_key} ({run.status}): {left} open; {run.why}")
+    as_expected = {r.run_id for r in unbalanced} == parked
+    mark = "as expected" if as_expected else "EXPECTED exactly the parked runs"
+    print(
+        f"  {len(ledger.runs)} runs with effects, {len(ledger.entries)} effects: "
+        f"{len(unbalanced)} unbalanced [{mark}]"
+    )
+    return {
+        "runs": len(ledger.runs),
+        "effects": len(ledger.entries),
+        "unbalanced": [
+            {
+                "run_id": r.run_id,
+                "business_key": r.business_key,
+                "status": r.status,
+                "open": {k: str(v) for k, v in r.open.items()},
+                "why": r.why,
+            }
+            for r in unbalanced
+        ],
+        "as_expected": as_expected,
     }
 
 

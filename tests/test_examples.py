@@ -1,8 +1,8 @@
 """The examples run as documented, and do what their READMEs say.
 
 Each worked example runs once per module, with its README's command plus
-``--json FILE``; the tests read the saga log events and simulator ledgers it
-writes there.
+``--json FILE --store URL``; the tests read the saga log events and simulator
+ledgers it writes there, and run ``sagaledger audit`` on the saga log it kept.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +43,18 @@ def run_example(name: str, folder: Path) -> tuple[str, Results]:
     readme = (ROOT / "examples" / name / "README.md").read_text()
     assert command in readme, f"examples/{name}/README.md no longer documents {command!r}"
     results = folder / "results.json"
+    store = f"sqlite:///{folder}/saga.db"
     done = subprocess.run(
-        [sys.executable, f"examples/{name}/run.py", "--json", str(results)],
+        [sys.executable, f"examples/{name}/run.py", "--json", str(results), "--store", store],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout, json.loads(results.read_text())
+    played: Results = json.loads(results.read_text())
+    played["store"] = store  # where the example kept its saga log
+    return done.stdout, played
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +112,9 @@ def test_order_fulfilment_ends_every_run_as_expected(order_fulfilment: tuple[str
         "SO-1002": "completed",
         "SO-1003": "completed",
         "SO-1004": "compensated",
+        "SO-1005": "parked",
     }
-    assert out.count("[ok]") == 4
+    assert out.count("[ok]") == 5
     assert "every effect the simulators applied" in out
 
 
@@ -205,8 +211,9 @@ def test_billing_ends_every_run_as_expected(billing: tuple[str, Results]) -> Non
         "INV-2002": "completed",
         "INV-2003": "compensated",
         "INV-2004": "compensated",
+        "INV-2005": "parked",
     }
-    assert out.count("[ok]") == 4
+    assert out.count("[ok]") == 5
     assert "every effect the simulators applied" in out
 
 
@@ -267,3 +274,122 @@ def test_every_bill_charged_is_charged_once_for_its_amount(billing: tuple[str, R
     for key in ("INV-2001", "INV-2002"):
         operations = [e["operation"] for e in effects(results, key)]
         assert operations == ["invoice_created", "charge", "email_sent"], key
+
+
+# -- the compensation ledger of both -------------------------------------------------------
+
+#: A simulator's name for a forward effect -> the ledger's.
+FORWARD = {
+    "reserve": "reserve",
+    "charge": "charge",
+    "order_created": "order_created",
+    "invoice_created": "invoice",
+    "email_sent": "email_sent",
+}
+#: The run each example deliberately leaves unbalanced: a compensation parks.
+PARKED = {"order_fulfilment": "SO-1005", "billing": "INV-2005"}
+#: The run each example undoes after a late failure.
+LATE_FAILURE = {"order_fulfilment": "SO-1004", "billing": "INV-2004"}
+
+
+def audit(results: Results, *args: str) -> subprocess.CompletedProcess[str]:
+    """``sagaledger audit ARGS --store URL`` on the example's saga log."""
+    command = [sys.executable, "-m", "sagaledger", "audit", *args, "--store", results["store"]]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def exported(results: Results) -> list[dict[str, Any]]:
+    done = audit(results, "export", "--format", "jsonl")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("example", ["order_fulfilment", "billing"])
+def test_the_exported_ledger_lists_every_effect_of_every_run(
+    example: str, request: pytest.FixtureRequest
+) -> None:
+    _, results = request.getfixturevalue(example)
+    rows = exported(results)
+    for run in results["runs"]:
+        key = run["business_key"]
+        mine = [r for r in rows if r["run_id"] == run["run_id"]]
+        # Every forward effect the simulators applied for the run is a row, once...
+        applied = Counter(
+            FORWARD[e["operation"]] for e in effects(results, key) if e["operation"] in FORWARD
+        )
+        assert Counter(r["operation"] for r in mine) == applied, key
+        # ...for the money the simulator moved (minor units there, major units here)
+        for row in mine:
+            assert row["business_key"] == key and row["saga"] == example
+            if row["operation"] == "charge":
+                (charged,) = effects(results, key, "charge")
+                assert row["reference"] == charged["ref"]
+                assert Decimal(row["amount"]) * 100 == charged["amount"] == run["amount_cents"]
+                assert row["currency"] == "USD"
+
+
+@pytest.mark.parametrize("example", ["order_fulfilment", "billing"])
+def test_every_run_balances_but_the_one_whose_compensation_parked(
+    example: str, request: pytest.FixtureRequest
+) -> None:
+    out, results = request.getfixturevalue(example)
+    parked = run_of(results, PARKED[example])
+    assert parked["status"] == "parked"
+    # The command exits 1 and names exactly the parked run
+    done = audit(results, "balance", "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["runs"] == len(results["runs"])
+    assert [r["run_id"] for r in report["unbalanced"]] == [parked["run_id"]]
+    # The example's own report says the same
+    assert [r["run_id"] for r in results["balance"]["unbalanced"]] == [parked["run_id"]]
+    assert results["balance"]["as_expected"] is True
+    assert "1 unbalanced [as expected]" in out
+    # Every other run's rows are settled: kept, undone, or not compensatable
+    for row in exported(results):
+        if row["run_id"] != parked["run_id"]:
+            assert row["status"] in ("kept", "undone", "not compensatable"), row
+
+
+def test_a_parked_refund_leaves_the_charge_and_the_reservation_outstanding(
+    order_fulfilment: tuple[str, Results],
+) -> None:
+    _, results = order_fulfilment
+    run = run_of(results, "SO-1005")
+    rows = [r for r in exported(results) if r["run_id"] == run["run_id"]]
+    assert {r["operation"]: r["status"] for r in rows} == {
+        "reserve": "outstanding",
+        "charge": "outstanding",
+        "order_created": "undone",
+    }
+    [unbalanced] = results["balance"]["unbalanced"]
+    assert unbalanced["open"] == {"USD": "39.98", "each": "2"}
+
+
+def test_a_parked_void_leaves_the_invoice_outstanding_and_the_charge_refunded(
+    billing: tuple[str, Results],
+) -> None:
+    _, results = billing
+    run = run_of(results, "INV-2005")
+    rows = [r for r in exported(results) if r["run_id"] == run["run_id"]]
+    assert {r["operation"]: r["status"] for r in rows} == {
+        "invoice": "outstanding",
+        "charge": "undone",
+    }
+    [unbalanced] = results["balance"]["unbalanced"]
+    assert unbalanced["open"] == {"USD": "39.98"}
+
+
+@pytest.mark.parametrize("example", ["order_fulfilment", "billing"])
+def test_a_late_failure_is_undone_in_the_ledger_for_the_amount_charged(
+    example: str, request: pytest.FixtureRequest
+) -> None:
+    _, results = request.getfixturevalue(example)
+    run = run_of(results, LATE_FAILURE[example])
+    rows = [r for r in exported(results) if r["run_id"] == run["run_id"]]
+    assert rows and {r["status"] for r in rows} == {"undone"}
+    (charge,) = [r for r in rows if r["operation"] == "charge"]
+    (refunded,) = effects(results, run["business_key"], "refund")
+    assert charge["undone_by"] == f"refund {refunded['ref']} {charge['amount']}"
+    assert charge["undone_amount"] == f"{charge['amount']} USD"
+    assert Decimal(charge["amount"]) * 100 == refunded["amount"] == run["amount_cents"]

@@ -1,12 +1,14 @@
 """The billing example, end to end, in one command.
 
-    .venv/bin/python examples/billing/run.py [--json FILE]
+    .venv/bin/python examples/billing/run.py [--json FILE] [--store URL]
 
 Starts the ERP, payments and email API simulators in this process, a real
-``sagaledger worker`` process on a SQLite saga log, and four bills one after the
-other, each meeting a different fault; then prints how each run went and every
-effect the simulators applied. Exits with status 1 if a run did not end as
-expected.
+``sagaledger worker`` process on a SQLite saga log, and five bills one after the
+other, each meeting a different fault; then prints how each run went, every
+effect the simulators applied, and the compensation ledger's balance. Exits with
+status 1 if a run did not end as expected, or if the runs left unbalanced are
+not exactly the parked one. ``--store URL`` keeps the saga log (for
+``sagaledger audit export --store URL``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,18 @@ SCENARIOS: tuple[Scenario[Bill], ...] = (
             lines=[Line(item="WIDGET-1", quantity=4, unit_price_cents=1250)],
         ),
         RunStatus.COMPENSATED,
+    ),
+    Scenario(
+        "e",
+        "the receipt is refused, refunded, and the ERP refuses the void: parked, left unbalanced",
+        Bill(
+            invoice_number="INV-2005",
+            customer_id="C-EDSGER",
+            email="edsger@localhost",  # no domain: the API answers 422, as in (d)
+            lines=[Line(item="GADGET-2", quantity=2, unit_price_cents=1999)],
+        ),
+        RunStatus.PARKED,
+        (("erp", Fault(FaultKind.DECLINE, operation="void_invoice")),),
     ),
 )
 

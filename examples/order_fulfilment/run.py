@@ -1,12 +1,14 @@
 """The order-fulfilment example, end to end, in one command.
 
-    .venv/bin/python examples/order_fulfilment/run.py [--json FILE]
+    .venv/bin/python examples/order_fulfilment/run.py [--json FILE] [--store URL]
 
 Starts the payments, ERP and email simulators in this process, a real
-``sagaledger worker`` process on a SQLite saga log, and four orders one after
-the other, each meeting a different fault; then prints how each run went and
-every effect the simulators applied. Exits with status 1 if a run did not end
-as expected.
+``sagaledger worker`` process on a SQLite saga log, and five orders one after
+the other, each meeting a different fault; then prints how each run went,
+every effect the simulators applied, and the compensation ledger's balance.
+Exits with status 1 if a run did not end as expected, or if the runs left
+unbalanced are not exactly the parked one. ``--store URL`` keeps the saga log
+(for ``sagaledger audit export --store URL``).
 """
 
 from __future__ import annotations
@@ -83,6 +85,20 @@ SCENARIOS: tuple[Scenario[Order], ...] = (
             unit_price_cents=1250,
         ),
         RunStatus.COMPENSATED,
+    ),
+    Scenario(
+        "e",
+        "the confirmation is refused and the refund declined for good: parked, left unbalanced",
+        Order(
+            order_id="SO-1005",
+            customer_id="C-EDSGER",
+            email="edsger@dijkstra.invalid",  # refused at RCPT, as in (d)
+            sku="GADGET-2",
+            quantity=2,
+            unit_price_cents=1999,
+        ),
+        RunStatus.PARKED,
+        (("payments", Fault(FaultKind.DECLINE, operation="create_refund")),),
     ),
 )
 
