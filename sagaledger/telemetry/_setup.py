@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from prometheus_client import REGISTRY, start_http_server
 
+from sagaledger._errors import SagaLedgerError
 from sagaledger.store import SagaLog
 from sagaledger.telemetry._collector import SagaLogCollector
 from sagaledger.telemetry._metrics import MetricsHooks
@@ -31,6 +32,10 @@ _ASKING = (
 )
 
 
+class MetricsServerError(SagaLedgerError):
+    """The metrics server cannot listen where it was asked to."""
+
+
 def serve_metrics(log: SagaLog, port: int, addr: str) -> tuple[MetricsHooks, Callable[[], None]]:
     """Count this process's work and serve it, with the log's figures, on ``addr:port``.
 
@@ -38,12 +43,18 @@ def serve_metrics(log: SagaLog, port: int, addr: str) -> tuple[MetricsHooks, Cal
         The hooks to give the orchestrator, and a function that stops the server.
 
     Raises:
-        OSError: the port is taken.
+        MetricsServerError: the port is taken (or the address is not this host's).
     """
     hooks = MetricsHooks(REGISTRY)
     collector = SagaLogCollector(log)
     REGISTRY.register(collector)
-    server, thread = start_http_server(port, addr, REGISTRY)
+    try:
+        server, thread = start_http_server(port, addr, REGISTRY)
+    except OSError as exc:
+        REGISTRY.unregister(collector)
+        raise MetricsServerError(
+            f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}"
+        ) from None
 
     def stop() -> None:
         server.shutdown()

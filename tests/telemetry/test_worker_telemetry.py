@@ -104,3 +104,25 @@ def test_each_of_n_worker_processes_serves_metrics_on_its_own_port(sqlite_url: s
         assert "sagaledger_log_up 1.0" in text
         assert "# TYPE sagaledger_step_attempts_total counter" in text
     assert worker.returncode == 0
+
+
+def test_a_metrics_port_already_taken_is_one_line_of_error(sqlite_url: str) -> None:
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "sagaledger", "worker", "--app", "tests.telemetry.app:registry"]
+            + ["--store", sqlite_url, "--metrics-port", str(port), "--metrics-addr", "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    ]
