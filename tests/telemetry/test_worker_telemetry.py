@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,16 +109,15 @@ def test_each_of_n_worker_processes_serves_metrics_on_its_own_port(sqlite_url: s
 
 
 def test_a_metrics_port_already_taken_is_one_line_of_error(sqlite_url: str) -> None:
-    import subprocess
-    import sys
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "sagaledger", "worker"]
+        command += ["--app", "tests.telemetry.app:registry", "--store", sqlite_url]
+        command += ["--metrics-port", str(port), "--metrics-addr", "127.0.0.1"]
         done = subprocess.run(
-            [sys.executable, "-m", "sagaledger", "worker", "--app", "tests.telemetry.app:registry"]
-            + ["--store", sqlite_url, "--metrics-port", str(port), "--metrics-addr", "127.0.0.1"],
+            command,
             capture_output=True,
             text=True,
             timeout=60,
