@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,telemetry]"
+	$(PY) -m pip install -q -e ".[test,telemetry,dashboard]"
 	touch $(STAMP)
 
 demo: $(STAMP)

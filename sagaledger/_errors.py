@@ -13,6 +13,7 @@
     ├── NotAllowedToDecideError  this person may not decide the run's approval
     ├── UnknownEventError        no saga waits for an event of this name
     ├── PeriodError              an audit period cannot be sealed (not over, or sealed)
+    ├── TokenError               a dashboard token cannot be added or revoked (names it)
     ├── StoreError               the saga log cannot be used
     │   └── SchemaNotReadyError  the database schema is missing or out of date
     ├── BrokerError              the broker URL is malformed or its server unreachable
@@ -180,6 +181,10 @@ class UnknownEventError(SagaLedgerError):
 
 class PeriodError(SagaLedgerError):
     """An audit period cannot be sealed: it has not ended, or it was sealed already."""
+
+
+class TokenError(SagaLedgerError):
+    """A dashboard token cannot be added (the name has one) or revoked (it has none)."""
 
 
 class StoreError(SagaLedgerError):

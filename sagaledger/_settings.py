@@ -47,6 +47,10 @@ class Settings(BaseSettings):
             (a tracer provider is set, or ``OTEL_TRACES_EXPORTER`` names an
             exporter); ``on``: always, configuring the SDK from the ``OTEL_*``
             variables if nothing did; ``off``: never.
+        redact: Comma-separated field names (shell-style globs, ``card_number,*iban*``)
+            whose values the dashboard hides, besides credentials (see ``_redact``).
+        dashboard_secret: Key that signs the dashboard's session cookies (None: a
+            random one per ``sagaledger serve``, so a restart logs everyone out).
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
@@ -62,6 +66,8 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_addr: str = "0.0.0.0"
     tracing: Literal["auto", "on", "off"] = "auto"
+    redact: str = ""
+    dashboard_secret: str | None = Field(default=None, min_length=16)
 
     @property
     def lease(self) -> timedelta:

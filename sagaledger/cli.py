@@ -27,7 +27,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from sagaledger import _cli_audit, _cli_ops, _cli_waits, _render
+from sagaledger import _cli_audit, _cli_ops, _cli_serve, _cli_tokens, _cli_waits, _render
 from sagaledger._cli_common import (
     CLIError,
     console,
@@ -219,6 +219,8 @@ for _command in _cli_ops.COMMANDS:
     cli.add_command(_command)
 # audit verify and audit seal: what finance checks.
 cli.add_command(_cli_audit.audit)
+cli.add_command(_cli_tokens.tokens)
+cli.add_command(_cli_serve.serve)
 
 
 @cli.command()

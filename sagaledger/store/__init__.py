@@ -14,16 +14,20 @@ from sagaledger.store._records import (
     Written,
     utc_now,
 )
+from sagaledger.store._tokens import Role, Token, Tokens
 
 __all__ = [
     "EventRecord",
     "EventType",
     "NewEvent",
     "Phase",
+    "Role",
     "RunRecord",
     "RunStatus",
     "SagaLog",
     "SignalRecord",
+    "Token",
+    "Tokens",
     "Written",
     "create_store_engine",
     "current_revision",

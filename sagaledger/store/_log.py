@@ -30,6 +30,7 @@ from sagaledger.store._records import (
 )
 from sagaledger.store._schema import events, runs, signals, workers
 from sagaledger.store._stats import WaitingRuns
+from sagaledger.store._tokens import Tokens
 
 
 class SagaLog:
@@ -97,6 +98,11 @@ class SagaLog:
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
+
+    @property
+    def tokens(self) -> Tokens:
+        """The web dashboard's access tokens (see ``sagaledger tokens``)."""
+        return Tokens(self.engine)
 
     # -- writes ---------------------------------------------------------------
 
@@ -256,6 +262,7 @@ class SagaLog:
         since: datetime | None = None,
         until: datetime | None = None,
         awaiting: str | None = None,
+        business_key: str | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
         """Return runs, newest first, optionally filtered by status, saga name and start time.
@@ -266,6 +273,7 @@ class SagaLog:
             since: Only runs started at or after this time (UTC-aware).
             until: Only runs started before this time (UTC-aware).
             awaiting: Only runs waiting for something whose key starts with this.
+            business_key: Only runs started with this business key (of any saga).
             limit: At most this many.
         """
         query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
@@ -279,6 +287,8 @@ class SagaLog:
             query = query.where(runs.c.created_at < until)
         if awaiting is not None:
             query = query.where(runs.c.awaiting.startswith(awaiting, autoescape=True))
+        if business_key is not None:
+            query = query.where(runs.c.business_key == business_key)
         with read(self.engine) as conn:
             return [_run(row) for row in conn.execute(query)]
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 #: Our own version table, so a service's own Alembic history is left alone.
 VERSION_TABLE = "sagaledger_alembic_version"
 #: The newest migration this code ships (a test pins it to Alembic's head).
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 
 _versions = Table(VERSION_TABLE, MetaData(), Column("version_num", String(32)))
 

@@ -189,3 +189,21 @@ signals = Table(
     Column("received_at", UTCDateTime, nullable=False),
     UniqueConstraint("name", "key", name="uq_sagaledger_signals_name_key"),
 )
+
+#: Access tokens of the web dashboard (``sagaledger tokens``): only the sha256
+#: of each token is kept. A revoked token keeps its row, so the log's actors
+#: can still be traced to whoever held a token then.
+tokens = Table(
+    "sagaledger_tokens",
+    metadata,
+    Column("id", EventId, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("token_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("revoked_at", UTCDateTime),
+    Column("revoked_by", String(200)),
+    UniqueConstraint("token_hash", name="uq_sagaledger_tokens_hash"),
+    Index("ix_sagaledger_tokens_name", "name"),
+)

@@ -187,6 +187,18 @@ def test_runs_are_listed_by_status_within_a_period_newest_first(saga_log: SagaLo
     assert [r.id for r in saga_log.list_runs(until=NOW - 2 * day + day / 24)] == ["r00"]
 
 
+def test_runs_are_found_by_business_key_across_sagas(saga_log: SagaLog) -> None:
+    # Given two sagas' runs with the same key, and one with another
+    for run_id, saga, key in (("a", "shop", "O-1"), ("b", "refund", "O-1"), ("c", "shop", "O-2")):
+        row = {**run_row(run_id, None, business_key=key), "saga_name": saga}
+        saga_log.create_run(row, [NewEvent(EventType.RUN_STARTED, "test")], NOW)
+
+    # Then the key finds both of its runs, and with the saga only that saga's
+    assert sorted(r.id for r in saga_log.list_runs(business_key="O-1")) == ["a", "b"]
+    assert [r.id for r in saga_log.list_runs(business_key="O-1", saga="shop")] == ["a"]
+    assert saga_log.list_runs(business_key="O-") == []
+
+
 def test_an_analyzed_sqlite_log_keeps_statistics_for_the_status_start_index(
     sqlite_url: str,
 ) -> None:
