@@ -181,10 +181,14 @@ def _entries(run: LedgerRun) -> Iterator[LedgerEntry]:
             made[step].extend((e, at, undo) for e in effects)
         elif kind == "step_failed":
             failed[step].extend((e, at) for e in effects)
-        elif kind == "compensation_completed":
-            compensated.add(step)
+        elif kind in ("compensation_completed", "compensation_failed"):
+            # A failed attempt's effects happened too (a refund made, then an error);
+            # a later attempt that finds or repeats one records the same reference.
+            if kind == "compensation_completed":
+                compensated.add(step)
             key = idempotency_key(run.id, step, "compensate")
-            undos[step].extend(Undo(e, at, key) for e in effects)
+            seen = {_identity(u.effect) for u in undos[step]}
+            undos[step].extend(Undo(e, at, key) for e in effects if _identity(e) not in seen)
     status = run.status
 
     def entry(step: str, effect: Effect, at: datetime, state: str, why: str = "") -> LedgerEntry:
@@ -215,7 +219,9 @@ def _entries(run: LedgerRun) -> Iterator[LedgerEntry]:
                 else:
                     yield entry(step, effect, at, "undone" if nets else "partly undone")
             elif undoing:
-                if undo == "compensate":
+                if undo == "compensate" and undos.get(step):  # undone in part, then it failed
+                    yield entry(step, effect, at, "undone" if nets else "partly undone")
+                elif undo == "compensate":
                     why = run.blocked_reason or "its compensation has not completed"
                     yield entry(step, effect, at, "outstanding", why)
                 else:
@@ -260,6 +266,10 @@ def _balance(run: LedgerRun, entries: list[LedgerEntry]) -> RunBalance:
     return RunBalance(
         run.id, run.saga, run.business_key, run.status, not bad, dict(sorted(left.items())), why
     )
+
+
+def _identity(effect: Effect) -> tuple[str, str, str]:
+    return (effect.system, effect.operation, effect.reference)
 
 
 def _nets(effects: Iterable[Effect]) -> dict[str, Decimal]:

@@ -329,3 +329,32 @@ def test_a_run_resolved_by_hand_balances_and_says_who_settled_it(harness: SagaHa
         "resolved by hand by ops:alice: refunded by hand, ticket 42 (was outstanding)"
     )
     assert balance(harness, run_id).balanced
+
+
+def test_a_refund_made_before_its_compensation_failed_counts_once(store_url: str) -> None:
+    calls: list[int] = []
+
+    def refund(ctx: CompensationContext[Order]) -> None:
+        calls.append(1)
+        record_effect("payments", "refund", "re-R", amount="10.00", currency="USD")
+        raise PermanentError("the ledger service is down")  # after the refund was made
+
+    @step(retry_safety=RetrySafety.NATURAL, compensate=refund)
+    def charge(ctx: StepContext[Order]) -> None:
+        record_effect("payments", "charge", "ch-R", amount="10.00", currency="USD")
+
+    @step(retry_safety=RetrySafety.NATURAL, no_compensation="it fails")
+    def fail(ctx: StepContext[Order]) -> None:
+        raise PermanentError("late failure")
+
+    harness = SagaHarness([Saga("refunds", 1, Order, [charge, fail])], store_url=store_url)
+    run_id = harness.run("refunds", {"order": "R"}).id
+    assert harness.status(run_id) is RunStatus.PARKED
+    (entry,) = compensation_ledger(harness.log).entries
+    assert (entry.status, [u.effect.reference for u in entry.undone_by]) == ("undone", ["re-R"])
+    harness.orchestrator.retry_compensation(run_id, by="ops", reason="service back")
+    harness.run_until_idle()  # fails again, recording the same refund again
+    (entry,) = compensation_ledger(harness.log).entries
+    assert len(calls) == 2 and len(entry.undone_by) == 1
+    assert compensation_ledger(harness.log).runs[0].balanced
+    harness.close()
