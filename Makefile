@@ -20,6 +20,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure-servers
+	bash scripts/ensure-browser
 	$(MAKE) lint
 	$(PY) -m pytest
 
