@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import IO, Any
 
 import click
@@ -27,6 +28,7 @@ from sagaledger._cli_common import (
     resolve_run,
     store_option,
 )
+from sagaledger._redact import Redactor
 from sagaledger.sagas import Decision, Orchestrator, Registry
 from sagaledger.sagas._waits import APPROVAL_AWAITING, APPROVAL_SIGNAL, approval_key
 from sagaledger.store import EventRecord, EventType, RunRecord, SagaLog, SignalRecord, utc_now
@@ -200,8 +202,12 @@ def approvals(limit: int, as_json: bool, store: str | None) -> None:
     `sagaledger reject RUN --reason TEXT`.
     """
     settings = load_settings(store=store)
+    hide = Redactor.from_setting(settings.redact)
     with open_log(settings.store) as log:
-        pending = Orchestrator(log, Registry([])).pending_approvals(limit)
+        pending = [
+            replace(p, shown=hide(p.shown))
+            for p in Orchestrator(log, Registry([])).pending_approvals(limit)
+        ]
     if as_json:
         click.echo(_render.dumps([_render.approval_json(p) for p in pending]))
     elif not pending:

@@ -11,10 +11,13 @@ on top of :data:`DEFAULT_PATTERNS`.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from collections.abc import Iterable
 from typing import Any
+
+from sagaledger.store import EventRecord, RunRecord
 
 #: What a redacted value reads as.
 REDACTED = "[redacted]"
@@ -78,6 +81,20 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self(v) for v in value]
         return value
+
+
+    def run(self, run: RunRecord) -> RunRecord:
+        """A copy of ``run`` with its input, last error and cancel request redacted."""
+        return dataclasses.replace(
+            run,
+            input=self(run.input),
+            last_error=self(run.last_error),
+            cancel_requested=self(run.cancel_requested),
+        )
+
+    def event(self, event: EventRecord) -> EventRecord:
+        """A copy of ``event`` with its payload and error redacted."""
+        return dataclasses.replace(event, payload=self(event.payload), error=self(event.error))
 
 
 def redact(value: Any, patterns: Iterable[str] = ()) -> Any:

@@ -41,6 +41,7 @@ from sagaledger._cli_common import (
     store_option,
 )
 from sagaledger._errors import SagaLedgerError, StoreError
+from sagaledger._redact import Redactor
 from sagaledger._runner import check_config, run_worker
 from sagaledger._settings import ENV_PREFIX, Settings
 from sagaledger._supervisor import Supervisor
@@ -149,8 +150,9 @@ def runs_list(
 ) -> None:
     """List runs, newest first."""
     settings = load_settings(store=store)
+    hide = Redactor.from_setting(settings.redact)
     with open_log(settings.store) as log:
-        found = log.list_runs(status=status, saga=saga, limit=limit)
+        found = [hide.run(run) for run in log.list_runs(status=status, saga=saga, limit=limit)]
     if as_json:
         click.echo(_render.dumps([_render.run_json(run) for run in found]))
     elif not found:
@@ -166,9 +168,10 @@ def runs_list(
 def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
     """Show a run and its timeline; RUN is its id or a unique prefix of it."""
     settings = load_settings(store=store)
+    hide = Redactor.from_setting(settings.redact)
     with open_log(settings.store) as log:
-        run = resolve_run(log, run_id)
-        events = log.events(run.id)
+        run = hide.run(resolve_run(log, run_id))
+        events = [hide.event(e) for e in log.events(run.id)]
         delivered = _cli_waits.kept_delivery(log, run, events)
     if as_json:
         payload = {

@@ -8,7 +8,6 @@ worded or serialised, so nothing a page or the JSON API shows escapes it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,9 +143,7 @@ class Views:
 
     def event(self, event: EventRecord) -> EventView:
         """An event, redacted, in the CLI's words."""
-        hidden = dataclasses.replace(
-            event, payload=self.redact(event.payload), error=self.redact(event.error)
-        )
+        hidden = self.redact.event(event)
         return EventView(
             seq=event.seq,
             at=_render.stamp(event.created_at),
@@ -170,9 +167,7 @@ class Views:
         delivered: SignalRecord | None = None,
     ) -> RunView:
         """A run, redacted: its header and what it waits for."""
-        hidden = dataclasses.replace(
-            run, input=self.redact(run.input), last_error=self.redact(run.last_error)
-        )
+        hidden = self.redact.run(run)
         return RunView(
             run=hidden,
             status=run.status.value,
@@ -189,18 +184,11 @@ class Views:
 
     def run_json(self, run: RunRecord) -> dict[str, Any]:
         """A run for programs, redacted."""
-        data = _render.run_json(run)
-        data["input"] = self.redact(run.input)
-        data["last_error"] = self.redact(run.last_error)
-        data["cancel_requested"] = self.redact(run.cancel_requested)
-        return data
+        return _render.run_json(self.redact.run(run))
 
     def event_json(self, event: EventRecord) -> dict[str, Any]:
         """An event for programs, redacted."""
-        data = _render.event_json(event)
-        data["payload"] = self.redact(event.payload)
-        data["error"] = self.redact(event.error)
-        return data
+        return _render.event_json(self.redact.event(event))
 
     def approval_json(self, pending: PendingApproval) -> dict[str, Any]:
         """A pending approval for programs, what approvers are shown redacted."""
