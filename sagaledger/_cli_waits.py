@@ -10,7 +10,6 @@ errors (a run not waiting, a person not allowed, an unknown event) into one
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import IO, Any
 
@@ -30,8 +29,7 @@ from sagaledger._cli_common import (
 )
 from sagaledger._redact import Redactor
 from sagaledger.sagas import Decision, Orchestrator, Registry
-from sagaledger.sagas._waits import APPROVAL_AWAITING, APPROVAL_SIGNAL, approval_key
-from sagaledger.store import EventRecord, EventType, RunRecord, SagaLog, SignalRecord, utc_now
+from sagaledger.store import utc_now
 
 
 def _decider(command: Any) -> Any:
@@ -214,27 +212,6 @@ def approvals(limit: int, as_json: bool, store: str | None) -> None:
         console.print("no approvals pending", style="dim")
     else:
         console.print(_render.approvals_table(pending, utc_now()))
-
-
-def kept_delivery(
-    log: SagaLog, run: RunRecord, events: Sequence[EventRecord]
-) -> SignalRecord | None:
-    """What a waiting run's wait received that no worker has taken yet, if anything.
-
-    Args:
-        log: The saga log.
-        run: The run.
-        events: Its events (the latest awaited event names the event and key).
-    """
-    if run.awaiting is None or not run.status.active:
-        return None
-    if run.awaiting.startswith(APPROVAL_AWAITING):
-        return log.find_signal(APPROVAL_SIGNAL, approval_key(run.id, run.step))
-    awaited = [e for e in events if e.type is EventType.EVENT_AWAITED and e.step == run.step]
-    if not awaited:
-        return None
-    wanted = awaited[-1].payload
-    return log.find_signal(str(wanted["event"]), str(wanted["key"]))
 
 
 #: The commands this module adds to the root group.

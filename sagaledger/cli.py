@@ -46,6 +46,7 @@ from sagaledger._runner import check_config, run_worker
 from sagaledger._settings import ENV_PREFIX, Settings
 from sagaledger._supervisor import Supervisor
 from sagaledger.sagas import CancelOutcome, Hooks, Orchestrator, Registry
+from sagaledger.sagas._waits import kept_delivery
 from sagaledger.store import (
     RunStatus,
     create_store_engine,
@@ -172,7 +173,7 @@ def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
     with open_log(settings.store) as log:
         run = hide.run(resolve_run(log, run_id))
         events = [hide.event(e) for e in log.events(run.id)]
-        delivered = _cli_waits.kept_delivery(log, run, events)
+        delivered = kept_delivery(log, run, events)
     if as_json:
         payload = {
             "run": _render.run_json(run),

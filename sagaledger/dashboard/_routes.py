@@ -24,13 +24,13 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from sagaledger._cli_waits import kept_delivery
 from sagaledger._errors import SagaLedgerError, UnknownRunError
 from sagaledger.audit import compensation_ledger
 from sagaledger.dashboard import _auth
 from sagaledger.dashboard._auth import Principal
 from sagaledger.dashboard._views import ACTIONS, Views, actions_for, awaits_approval
 from sagaledger.sagas import Orchestrator, Registry
+from sagaledger.sagas._waits import kept_delivery
 from sagaledger.store import RunRecord, RunStatus, SagaLog
 
 logger = logging.getLogger("sagaledger.dashboard")

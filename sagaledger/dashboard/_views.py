@@ -17,7 +17,7 @@ from sagaledger import _render
 from sagaledger._redact import Redactor
 from sagaledger.audit import Ledger
 from sagaledger.sagas import PendingApproval
-from sagaledger.sagas._operator import _parked_phase
+from sagaledger.sagas._operator import parked_phase
 from sagaledger.sagas._waits import APPROVAL_AWAITING
 from sagaledger.store import EventRecord, EventType, Phase, RunRecord, RunStatus, SignalRecord
 
@@ -75,7 +75,7 @@ def actions_for(
     """The actions that apply to ``run`` as it stands (the orchestrator still checks)."""
     names: list[str] = []
     if run.status is RunStatus.PARKED:
-        if _parked_phase(events) is Phase.COMPENSATE:
+        if parked_phase(events) is Phase.COMPENSATE:
             names = ["retry-compensation", "resolve"]
         else:
             names = ["resume", "force-compensate", "resolve"]

@@ -76,7 +76,7 @@ def retry_compensation(o: Orchestrator, run_id: str, by: str, reason: str) -> Op
     for _ in range(_TRIES):
         run = _parked(o, run_id, action)
         events = o.log.events(run.id)
-        if _parked_phase(events) is not Phase.COMPENSATE:
+        if parked_phase(events) is not Phase.COMPENSATE:
             raise ActionRefusedError(
                 run.id,
                 action,
@@ -103,7 +103,7 @@ def resume(o: Orchestrator, run_id: str, by: str, reason: str) -> OperatorReceip
     for _ in range(_TRIES):
         run = _parked(o, run_id, "resume")
         events = o.log.events(run.id)
-        if _parked_phase(events) is Phase.COMPENSATE:
+        if parked_phase(events) is Phase.COMPENSATE:
             raise ActionRefusedError(
                 run.id,
                 "resume",
@@ -147,7 +147,7 @@ def force_compensate(o: Orchestrator, run_id: str, by: str, reason: str) -> Oper
             raise ActionRefusedError(run.id, action, "it is already compensating")
         events = o.log.events(run.id)
         parked = run.status is RunStatus.PARKED
-        if parked and _parked_phase(events) is Phase.COMPENSATE:
+        if parked and parked_phase(events) is Phase.COMPENSATE:
             raise ActionRefusedError(
                 run.id,
                 action,
@@ -266,7 +266,7 @@ def _parked(o: Orchestrator, run_id: str, action: str, if_running: str = "") -> 
     raise ActionRefusedError(run.id, action, why)
 
 
-def _parked_phase(events: Sequence[EventRecord]) -> Phase:
+def parked_phase(events: Sequence[EventRecord]) -> Phase:
     """Whether the run was going forward or compensating when it last parked.
 
     The park is written with the failure that caused it (``step_failed`` or

@@ -14,8 +14,11 @@ its run waits is not lost, and one sent twice counts once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
+
+from sagaledger.store import EventRecord, EventType, RunRecord, SagaLog, SignalRecord
 
 if TYPE_CHECKING:
     from sagaledger.sagas._definition import Step
@@ -55,3 +58,24 @@ def approval_awaiting(run_id: str, step: str) -> str:
 def parse_time(value: Any) -> datetime:
     """A time the log holds as ISO text."""
     return datetime.fromisoformat(str(value))
+
+
+def kept_delivery(
+    log: SagaLog, run: RunRecord, events: Sequence[EventRecord]
+) -> SignalRecord | None:
+    """What a waiting run's wait received that no worker has taken yet, if anything.
+
+    Args:
+        log: The saga log.
+        run: The run.
+        events: Its events (the latest awaited event names the event and key).
+    """
+    if run.awaiting is None or not run.status.active:
+        return None
+    if run.awaiting.startswith(APPROVAL_AWAITING):
+        return log.find_signal(APPROVAL_SIGNAL, approval_key(run.id, run.step))
+    awaited = [e for e in events if e.type is EventType.EVENT_AWAITED and e.step == run.step]
+    if not awaited:
+        return None
+    wanted = awaited[-1].payload
+    return log.find_signal(str(wanted["event"]), str(wanted["key"]))
