@@ -47,13 +47,15 @@ def digest(row: dict[str, Any]) -> str:
         row["error"],
         row["actor"],
         row["token"],
-        created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        (created if created.tzinfo is UTC else created.astimezone(UTC)).isoformat(),
     ]
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    text = _ENCODER.encode(content)
     if "e+" in text:  # rare: only floats of 1e16 and more are written so
         text = _EXPONENT.sub(_as_integer, text)
     return hashlib.sha256(text.encode()).hexdigest()
 
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 #: A number written with a positive exponent (``1e+20``, ``-1.5e+16``).
 _EXPONENT = re.compile(r"-?\d+(?:\.\d+)?e\+\d+")

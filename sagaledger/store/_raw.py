@@ -190,7 +190,7 @@ class _SQLiteStatements(RawStatements):
     """SQLite: statements in ``BEGIN IMMEDIATE`` transactions, shared by concurrent writers."""
 
     _select_run = RawStatements._select_run + " WHERE id = :id"
-    _set_head = "UPDATE sagaledger_runs SET last_hash = :head WHERE id = :id"
+    _get_head = "SELECT last_hash FROM sagaledger_runs WHERE id = :id AND lease_token = :token"
     _insert_run = f"INSERT INTO sagaledger_runs ({', '.join(c.name for c in runs.columns)})" + (
         f" VALUES ({', '.join(':' + c.name for c in runs.columns)})"
     )
@@ -198,6 +198,9 @@ class _SQLiteStatements(RawStatements):
     def __init__(self, engine: Engine):
         super().__init__(engine)
         self._group = GroupCommit(lambda: self._cursor(write=True))
+        # The chain head of runs this process wrote last: the next write extends it
+        # with no read (a conditional update finds out if another process wrote since).
+        self._heads: dict[str, str] = {}
         self._last_time: tuple[datetime | None, str] = (None, "")
         self._insert_event = (
             f"INSERT INTO sagaledger_events ({', '.join(_EVENT_COLUMNS)})"
@@ -211,6 +214,8 @@ class _SQLiteStatements(RawStatements):
         def write(cursor: Any) -> None:
             cursor.execute(self._insert_run, run)
             cursor.executemany(self._insert_event, encoded)
+            if row.get("last_hash"):
+                self._remember(str(row["id"]), str(row["last_hash"]))
 
         self._group.write(write)
 
@@ -218,8 +223,9 @@ class _SQLiteStatements(RawStatements):
         self, run_id: str, token: int, values: dict[str, Any], event_rows: Sequence[dict[str, Any]]
     ) -> Written:
         columns = frozenset(values)
+        chained = bool(event_rows)
         statement = self._statement(
-            columns, lambda: _fenced_update(columns, ":{}", returning=", last_hash")
+            (columns, chained), lambda: _fenced_update(columns, ":{}", head=chained)
         )
         params = self._encode(runs, values)
         params.update(_run=run_id, _token=token, _added=len(event_rows))
@@ -227,21 +233,53 @@ class _SQLiteStatements(RawStatements):
         digests = [_chain.digest(e) for e in event_rows]  # outside the write lock
 
         def write(cursor: Any) -> Written:
+            hashes: list[str] = []
+            if chained:  # extend the chain from the head this process last wrote, if it knows it
+                head = self._heads.get(run_id) or self._head(cursor, run_id, token)
+                if head is None:
+                    return Written.REFUSED
+                hashes = self._chain_params(params, head, digests)
             cursor.execute(statement, params)
             row = cursor.fetchone()
+            if row is None and chained:
+                # The token moved, or another process extended the chain since: look.
+                head = self._head(cursor, run_id, token)
+                if head is None:
+                    return Written.REFUSED
+                hashes = self._chain_params(params, head, digests)
+                cursor.execute(statement, params)
+                row = cursor.fetchone()
             if row is None:
                 return Written.REFUSED
-            if encoded:
-                # The run's chain head as of this write: the lock orders every writer.
-                hashes = _chain.links(row[2] or _chain.genesis(run_id), digests)
+            if chained:
                 first_seq = int(row[0]) - len(encoded) + 1
                 for offset, (event, value) in enumerate(zip(encoded, hashes, strict=True)):
                     event["seq"], event["hash"] = first_seq + offset, value
-                cursor.execute(self._set_head, {"id": run_id, "head": hashes[-1]})
                 cursor.executemany(self._insert_event, encoded)
+                self._remember(run_id, hashes[-1])
             return _written(row[1])
 
         return self._group.write(write)
+
+    def _head(self, cursor: Any, run_id: str, token: int) -> str | None:
+        """The run's chain head, read under the write lock; None if the token moved."""
+        cursor.execute(self._get_head, {"id": run_id, "token": token})
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return str(row[0]) if row[0] is not None else _chain.genesis(run_id)
+
+    @staticmethod
+    def _chain_params(params: dict[str, Any], head: str, digests: list[str]) -> list[str]:
+        hashes = _chain.links(head, digests)
+        params["_expected"], params["_head"] = head, hashes[-1]
+        return hashes
+
+    def _remember(self, run_id: str, head: str) -> None:
+        # If the transaction is rolled back, the next write finds the head moved and reads it.
+        if len(self._heads) > _HEADS_KEPT:
+            self._heads.clear()
+        self._heads[run_id] = head
 
     def _begin(self, connection: Any, cursor: Any, write: bool) -> None:
         # Writers take the write lock up front; a read is one statement in
@@ -354,22 +392,27 @@ class _PostgresStatements(RawStatements):
 
 
 def _fenced_update(
-    columns: frozenset[str], placeholder: str, *, returning: str = "", chained: str = ""
+    columns: frozenset[str], placeholder: str, *, head: bool = False, chained: str = ""
 ) -> str:
     """The UPDATE that sets ``columns`` only while the lease token is unchanged.
 
     Args:
-        returning: More of the run to return (after ``last_seq, cancel_asked``).
+        head: Also set the chain head to ``_head``, only if it is still ``_expected``
+            (SQLite: the writer chained from the head it knew).
         chained: The relation of the chain's new hashes (Postgres): the run's
             ``last_hash`` is set to its last one.
     """
     p = placeholder.format
     assignments = ", ".join(f"{name} = {p(name)}" for name in sorted(columns))
-    head = f", last_hash = {chained}.head FROM {chained}" if chained else ""
+    extra, check = "", ""
+    if head:
+        extra, check = f", last_hash = {p('_head')}", f" AND last_hash IS {p('_expected')}"
+    elif chained:
+        extra = f", last_hash = {chained}.head FROM {chained}"
     return (
-        f"UPDATE sagaledger_runs SET {assignments}, last_seq = last_seq + {p('_added')}{head}"
-        f" WHERE id = {p('_run')} AND lease_token = {p('_token')}"
-        f" RETURNING last_seq, {CANCEL_ASKED} AS cancel_asked{returning}"
+        f"UPDATE sagaledger_runs SET {assignments}, last_seq = last_seq + {p('_added')}{extra}"
+        f" WHERE id = {p('_run')} AND lease_token = {p('_token')}{check}"
+        f" RETURNING last_seq, {CANCEL_ASKED} AS cancel_asked"
     )
 
 
@@ -439,6 +482,9 @@ def _insert_events(count: int, source: str, *, hashes_from: str = "") -> str:
         f" FROM {inputs}, (VALUES {rows}) AS e(n, {', '.join(given)}))"
     )
 
+
+#: Chain heads a SQLite writer keeps in memory before it starts again from none.
+_HEADS_KEPT = 100_000
 
 #: Per table: the columns whose values are converted (times, JSON payloads).
 _CONVERTED = {

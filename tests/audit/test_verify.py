@@ -301,3 +301,22 @@ def test_the_cli_names_each_problem_and_exits_1(harness: SagaHarness, store_url:
     assert again.stderr.startswith(
         "error: the period starting 2026-01-05T00:00:00+00:00 was sealed"
     )
+
+
+def test_writers_in_two_processes_keep_one_chain(store_url: str) -> None:
+    """Each log remembers the chain head it wrote last; the other's writes move it."""
+    from sagaledger.store import NewEvent
+    from tests.helpers import run_row
+
+    mine, theirs = SagaLog.open(store_url), SagaLog.open(store_url)
+    mine.create_run(run_row("two", START), [NewEvent(EventType.RUN_STARTED, "t")], START)
+    for n in range(6):  # alternate, each time after the other has written
+        writer = mine if n % 2 else theirs
+        event = NewEvent(EventType.CANCEL_REQUESTED, f"writer-{n}", payload={"n": n})
+        assert writer.append("two", 0, [event], START)
+    assert not mine.append("two", 7, [event], START)  # a stale token is still refused
+    assert [e.seq for e in mine.events("two")] == list(range(1, 8))
+    result = verify_log(mine)
+    assert result.intact, result.problems
+    mine.close()
+    theirs.close()
