@@ -230,12 +230,16 @@ class _SQLiteStatements(RawStatements):
         params = self._encode(runs, values)
         params.update(_run=run_id, _token=token, _added=len(event_rows))
         encoded = [self._encode(events, e) for e in event_rows]
-        digests = [_chain.digest(e) for e in event_rows]  # outside the write lock
+        # Outside the write lock: the digests, and the hashes after the head this
+        # process wrote last, if it knows it (the update checks it is still the head).
+        digests = [_chain.digest(e) for e in event_rows]
+        known = self._heads.get(run_id) if chained else None
+        ready = self._chain_params(params, known, digests) if known is not None else []
 
         def write(cursor: Any) -> Written:
-            hashes: list[str] = []
-            if chained:  # extend the chain from the head this process last wrote, if it knows it
-                head = self._heads.get(run_id) or self._head(cursor, run_id, token)
+            hashes = ready
+            if chained and not hashes:
+                head = self._head(cursor, run_id, token)
                 if head is None:
                     return Written.REFUSED
                 hashes = self._chain_params(params, head, digests)
