@@ -269,7 +269,9 @@ def test_the_supervisor_replaces_a_killed_worker_and_runs_still_complete(
 
     # Then the supervisor says so and starts a replacement
     eventually(lambda: len(fleet.workers) == 2 and victim not in fleet.workers, 10, "a replacement")
-    assert any(f"(pid {victim}) was killed by SIGKILL" in line for line in fleet.lines)
+    # (its stderr is read by another thread: the line may come a little after)
+    said = f"(pid {victim}) was killed by SIGKILL"
+    eventually(lambda: any(said in line for line in fleet.lines), 10, "the supervisor's line")
     fleet.wait_ready(3)
 
     # And every run completes, each effect applied once
