@@ -24,7 +24,7 @@ from sagaledger._cli_common import (
     store_option,
 )
 from sagaledger.audit import Ledger, compensation_ledger, seal_period, verify_log
-from sagaledger.store import utc_now
+from sagaledger.store._records import parse_moment, utc_now
 
 
 @click.group()
@@ -33,14 +33,10 @@ def audit() -> None:
 
 
 def _moment(value: str | None, option: str) -> datetime | None:
-    """A date (midnight UTC) or an ISO time (UTC unless it says otherwise)."""
-    if value is None:
-        return None
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise CLIError(f"{option} {value!r} is not a date (YYYY-MM-DD) or an ISO time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+        return parse_moment(value, option)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 @audit.command()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +32,7 @@ from sagaledger.dashboard._views import ACTIONS, Views, actions_for, awaits_appr
 from sagaledger.sagas import Orchestrator, Registry
 from sagaledger.sagas._waits import kept_delivery
 from sagaledger.store import RunRecord, RunStatus, SagaLog
+from sagaledger.store._records import parse_moment
 
 logger = logging.getLogger("sagaledger.dashboard")
 
@@ -123,17 +124,6 @@ def home(request: Request) -> Response:
 # -- pages -----------------------------------------------------------------------
 
 
-def _moment(value: str | None, what: str) -> datetime | None:
-    """A date or an ISO time from a filter (UTC unless it says otherwise)."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{what} {value!r} is not a date (YYYY-MM-DD) or a time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
-
-
 @dataclass(frozen=True)
 class RunFilters:
     """The runs list's filters, as the query string gave them."""
@@ -166,8 +156,8 @@ class RunFilters:
         return log.list_runs(
             status=self.status or None,
             saga=self.saga or None,
-            since=_moment(self.since, "from"),
-            until=_moment(self.until, "to"),
+            since=parse_moment(self.since, "from"),
+            until=parse_moment(self.until, "to"),
             business_key=self.key or None,
             limit=MAX_RUNS,
         )
@@ -258,7 +248,7 @@ def ledger_page(request: Request) -> Response:
     since_text = request.query_params.get("from", "").strip()
     until_text = request.query_params.get("to", "").strip()
     try:
-        since, until = _moment(since_text, "from"), _moment(until_text, "to")
+        since, until = parse_moment(since_text, "from"), parse_moment(until_text, "to")
     except ValueError as exc:
         refused = {"error": str(exc), "since": since_text, "until": until_text, "ledger": None}
         return _page(request, principal, "ledger.html", refused, 400)
@@ -399,8 +389,8 @@ def api_ledger(request: Request) -> Response:
     dashboard = _dashboard(request)
     _auth.reader(request, dashboard.log)
     try:
-        since = _moment(request.query_params.get("from"), "from")
-        until = _moment(request.query_params.get("to"), "to")
+        since = parse_moment(request.query_params.get("from"), "from")
+        until = parse_moment(request.query_params.get("to"), "to")
     except ValueError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
     ledger = compensation_ledger(dashboard.log, since, until)

@@ -13,6 +13,21 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def parse_moment(value: str | None, what: str) -> datetime | None:
+    """A date (midnight UTC) or an ISO time (UTC unless it says otherwise) typed by a person.
+
+    Raises:
+        ValueError: not a date or a time; the message names ``what`` was given.
+    """
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not a date (YYYY-MM-DD) or an ISO time") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
 class RunStatus(StrEnum):
     """Where a run stands. Only ``running`` and ``compensating`` runs are driven."""
 
