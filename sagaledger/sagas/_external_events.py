@@ -188,13 +188,16 @@ def deliver(o: Orchestrator, name: str, key: str, payload: Any, by: str) -> Sign
     if not by.strip():
         raise ValueError(f"event {name!r} needs to say who sends it (by=...)")
     key = check_key(key)
-    known = o.registry.event_names() | o.log.known_events(o.clock() - KNOWN_FOR)
-    if name not in known:
-        raise UnknownEventError(name, sorted(known))
+    now = o.clock()
+    known = o.registry.event_names()
+    if name not in known:  # only then ask the log what live workers wait for
+        known |= o.log.known_events(now - KNOWN_FOR)
+        if name not in known:
+            raise UnknownEventError(name, sorted(known))
     try:
         data = to_json(payload)
     except Exception as exc:
         raise ValueError(f"event {name!r} key {key!r}: the payload is not JSON: {exc}") from None
-    signal, new = o.log.record_signal(name, key, data, by, o.clock())
+    signal, new = o.log.record_signal(name, key, data, by, now)
     woken = o.wake(event_awaiting(name, key))
     return SignalReceipt(new, signal.received_at, signal.sender, woken)
