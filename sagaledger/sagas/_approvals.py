@@ -91,6 +91,7 @@ class ApprovalWait:
 
     @property
     def escalations(self) -> list[Escalate]:
+        """The escalations, in order, from the first deadline on."""
         chain, then = [], self.on_deadline
         while isinstance(then, Escalate):
             chain.append(then)
@@ -100,9 +101,9 @@ class ApprovalWait:
     @property
     def by_default(self) -> Decision:
         """The decision taken when the last deadline passes with none."""
-        then = self.on_deadline
-        while isinstance(then, Escalate):
-            then = then.then
+        chain = self.escalations
+        then = chain[-1].then if chain else self.on_deadline
+        assert isinstance(then, Decision)  # approval() checks the chain ends in one
         return then
 
     def resume(self, driver: RunDriver, step: Step) -> bool:
